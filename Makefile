@@ -1,0 +1,44 @@
+# Everything the project needs is installed here from a bare Python 3.11 and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: test demo lint typecheck unit bench bench-quick stress clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Stamps record which extras are installed, so a change of pyproject.toml re-installs.
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check journalstore tests benchmarks
+	$(BIN)/mypy --strict journalstore
+	$(BIN)/pytest -q
+
+demo: $(VENV)/.installed
+	$(BIN)/journalstore demo
+
+bench: $(VENV)/.installed-bench
+	$(PY) -m benchmarks
+
+bench-quick: $(VENV)/.installed-bench
+	$(PY) -m benchmarks --quick
+
+stress: $(VENV)/.installed-dev
+	JOURNALSTORE_STRESS=1 $(BIN)/pytest -q tests/reliability
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

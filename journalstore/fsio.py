@@ -1,0 +1,115 @@
+"""The one door to the disk: every file operation the store makes goes through a `Disk`.
+
+Tests substitute a recording `Disk` to see each write, fsync, rename and unlink in order, to
+drop what was not synced (a simulated power cut) or to inject a fault at any step.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat as stat_mod
+
+
+class Disk:
+    """Plain POSIX file operations. Subclass and override to record or to inject faults."""
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def write(self, fd: int, data: bytes) -> None:
+        """Write all of `data` at the file position (or the end, under O_APPEND)."""
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(errno.EIO, "short write")
+            view = view[written:]
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        """Up to `size` bytes at `offset` (fewer only at the end of the file)."""
+        chunks: list[bytes] = []
+        while size > 0:
+            chunk = os.pread(fd, size, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+            offset += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return os.fstat(fd)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            return stat_mod.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def truncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str, mode: int = 0o700) -> None:
+        os.mkdir(path, mode)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def rmtree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=False)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_file(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def write_file(self, path: str, data: bytes, *, sync: bool, mode: int = 0o600) -> None:
+        """Create or truncate `path` and write `data` (fsynced when `sync`)."""
+        fd = self.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            self.write(fd, data)
+            if sync:
+                self.fsync(fd)
+        finally:
+            self.close(fd)
+
+
+DEFAULT_DISK = Disk()

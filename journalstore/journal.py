@@ -1,0 +1,423 @@
+"""The journal's on-disk format: segment files of framed, checksummed msgpack records.
+
+docs/journal-format.md is the byte-level description; this module is its one implementation.
+A `Cursor` follows the journal from a position, reading only bytes it has not seen, across
+segment rotations, and tells a torn tail (a writer died mid-append: ignore it, a writer will cut
+it) from damage with valid records after it (`JournalCorrupt`, never cut silently).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import msgpack
+import xxhash
+
+from . import failpoints
+from .errors import JournalCorrupt
+from .fsio import Disk
+
+SEGMENT_MAGIC = b"JSTORSEG"
+FORMAT_VERSION = 1
+SEGMENT_HEADER = struct.Struct("<8sHHIQ")  # magic, version, flags, meta length, meta xxh3-64
+FRAME_MAGIC = b"\xabJR\x01"
+FRAME_HEADER = struct.Struct("<4sIQ")  # magic, payload length, payload xxh3-64
+FRAME_OVERHEAD = FRAME_HEADER.size
+MAX_FRAME = 64 * 1024 * 1024  # payload bytes; a larger length is damage, never an allocation
+MAX_SEGMENT_META = 1024 * 1024
+READ_CHUNK = 16 * 1024 * 1024
+
+COMMIT = "commit"
+PREPARE = "prepare"
+END = "end"
+
+_checksum = xxhash.xxh3_64_intdigest
+_pack_frame = FRAME_HEADER.pack
+_unpack_frame = FRAME_HEADER.unpack_from
+
+
+def segment_name(number: int) -> str:
+    """The file name of segment `number` inside the journal directory."""
+    return f"segment-{number:08d}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The segment number of a journal file name, or None for other files."""
+    if len(name) == 16 and name.startswith("segment-") and name[8:].isdigit():
+        return int(name[8:])
+    return None
+
+
+class Position(NamedTuple):
+    """A place in the journal: segment number and byte offset; ordered like the journal."""
+
+    segment: int
+    offset: int
+
+
+class Record(NamedTuple):
+    """One decoded record and where it lies."""
+
+    segment: int
+    offset: int  # first byte of its frame
+    end: int  # first byte after its frame
+    body: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.body.get("type", COMMIT))
+
+    @property
+    def seq(self) -> int:
+        return int(self.body.get("seq", 0))
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Frame a payload: magic, length, checksum, payload."""
+    return _pack_frame(FRAME_MAGIC, len(payload), _checksum(payload)) + payload
+
+
+def pack(body: dict[str, Any]) -> bytes:
+    """msgpack a record body (frozen mappings in flag values are packed as maps)."""
+    return msgpack.packb(body, use_bin_type=True, default=_default)
+
+
+def _default(value: Any) -> Any:
+    from collections.abc import Mapping
+
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot journal a value of type {type(value).__name__}")
+
+
+def unpack(payload: bytes | memoryview) -> dict[str, Any]:
+    body = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=True)
+    if not isinstance(body, dict):
+        raise ValueError("record payload is not a map")
+    return body
+
+
+def encode_segment_header(meta: dict[str, Any]) -> bytes:
+    raw = msgpack.packb(meta, use_bin_type=True)
+    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, len(raw), _checksum(raw)) + raw
+
+
+def decode_segment_header(data: bytes, segment: int) -> tuple[dict[str, Any], int]:
+    """(meta, offset of the first frame) of a segment file's leading bytes."""
+    if len(data) < SEGMENT_HEADER.size:
+        raise JournalCorrupt(f"segment {segment}: header is cut short", segment=segment, offset=0)
+    magic, version, _flags, size, digest = SEGMENT_HEADER.unpack_from(data)
+    if magic != SEGMENT_MAGIC:
+        raise JournalCorrupt(f"segment {segment}: not a journal segment (bad magic)", segment=segment, offset=0)
+    if version != FORMAT_VERSION:
+        raise JournalCorrupt(
+            f"segment {segment}: format version {version} is not supported (this is {FORMAT_VERSION})",
+            segment=segment,
+            offset=0,
+        )
+    end = SEGMENT_HEADER.size + size
+    if size > MAX_SEGMENT_META or len(data) < end:
+        raise JournalCorrupt(f"segment {segment}: header is cut short", segment=segment, offset=0)
+    raw = data[SEGMENT_HEADER.size : end]
+    if _checksum(raw) != digest:
+        raise JournalCorrupt(f"segment {segment}: header checksum mismatch", segment=segment, offset=0)
+    meta = msgpack.unpackb(raw, raw=False)
+    if not isinstance(meta, dict) or meta.get("segment") != segment:
+        raise JournalCorrupt(f"segment {segment}: header names another segment", segment=segment, offset=0)
+    return meta, end
+
+
+def read_segment_header(disk: Disk, fd: int, segment: int) -> tuple[dict[str, Any], int]:
+    head = disk.pread(fd, SEGMENT_HEADER.size, 0)
+    if len(head) == SEGMENT_HEADER.size:
+        size = SEGMENT_HEADER.unpack_from(head)[3]
+        if size <= MAX_SEGMENT_META:
+            head += disk.pread(fd, size, SEGMENT_HEADER.size)
+    return decode_segment_header(head, segment)
+
+
+def valid_frame_at(data: bytes | memoryview, pos: int) -> int:
+    """The end offset of a whole, checksum-valid frame starting at `pos`, or -1."""
+    if pos + FRAME_OVERHEAD > len(data):
+        return -1
+    magic, size, digest = _unpack_frame(data, pos)
+    end = pos + FRAME_OVERHEAD + size
+    if magic != FRAME_MAGIC or size > MAX_FRAME or end > len(data):
+        return -1
+    if _checksum(memoryview(data)[pos + FRAME_OVERHEAD : end]) != digest:
+        return -1
+    return int(end)
+
+
+def find_valid_frame(data: bytes, start: int) -> int:
+    """The offset of the first valid frame at or after `start`, or -1 (resynchronisation)."""
+    pos = data.find(FRAME_MAGIC, start)
+    while pos != -1:
+        if valid_frame_at(data, pos) != -1:
+            return pos
+        pos = data.find(FRAME_MAGIC, pos + 1)
+    return -1
+
+
+class Damage(NamedTuple):
+    """Where scanning stopped short of the end of the data, and why."""
+
+    offset: int
+    reason: str
+    needed: int  # for an incomplete frame: bytes it needs from `offset`; 0 for a bad frame
+
+
+def scan(data: bytes, base: int, segment: int = 0) -> tuple[list[Record], int, Damage | None]:
+    """Decode the whole frames of `data`, which starts at file offset `base`.
+
+    Returns (records, offset after the last whole frame, damage or None). The caller decides
+    whether damage is a torn tail, a frame cut by the read size, or corruption.
+    """
+    records: list[Record] = []
+    view = memoryview(data)
+    pos = 0
+    limit = len(data)
+    while pos < limit:
+        if pos + FRAME_OVERHEAD > limit:
+            return records, base + pos, Damage(base + pos, "incomplete frame header", FRAME_OVERHEAD)
+        magic, size, digest = _unpack_frame(data, pos)
+        if magic != FRAME_MAGIC:
+            return records, base + pos, Damage(base + pos, "bad frame magic", 0)
+        if size > MAX_FRAME:
+            return records, base + pos, Damage(base + pos, f"frame length {size} exceeds the maximum", 0)
+        end = pos + FRAME_OVERHEAD + size
+        if end > limit:
+            return records, base + pos, Damage(base + pos, "incomplete frame", FRAME_OVERHEAD + size)
+        payload = view[pos + FRAME_OVERHEAD : end]
+        if _checksum(payload) != digest:
+            return records, base + pos, Damage(base + pos, "checksum mismatch", 0)
+        try:
+            body = unpack(payload)
+        except Exception as exc:  # any decoding failure is damage
+            return records, base + pos, Damage(base + pos, f"undecodable payload ({exc.__class__.__name__})", 0)
+        records.append(Record(segment, base + pos, base + end, body))
+        pos = end
+    return records, base + pos, None
+
+
+class Tail(NamedTuple):
+    """Unfinished bytes after the last whole unit: a torn frame or a prepare with no commit."""
+
+    segment: int
+    offset: int
+    reason: str
+
+
+class Cursor:
+    """Follows the journal from a position, across segments, yielding only new whole records.
+
+    `poll()` costs one fstat when nothing changed. A prepare record (the intent of a big-data
+    write) is held back until the commit that follows it; a prepare with no commit after it is
+    reported as an unfinished tail, like a torn frame. Nothing in a tail is ever applied.
+    """
+
+    def __init__(self, disk: Disk, journal_dir: str, segment: int, *, writable: bool) -> None:
+        self.disk = disk
+        self.dir = journal_dir
+        self.writable = writable
+        self.segment = segment
+        self.fd = -1
+        self.offset = 0  # end of the last whole unit read
+        self.header: dict[str, Any] = {}
+        self.seen_size = -1  # file size when the last poll finished
+        self.tail: Tail | None = None
+        self.dangling_prepare: Record | None = None
+        self.end_record: Record | None = None  # the segment's end marker, once read
+        self._open(segment)
+
+    # ------------------------------------------------------------------ files
+
+    def path(self, segment: int) -> str:
+        return os.path.join(self.dir, segment_name(segment))
+
+    def _open(self, segment: int) -> None:
+        flags = os.O_RDWR | os.O_APPEND if self.writable else os.O_RDONLY
+        fd = self.disk.open(self.path(segment), flags)
+        try:
+            header, offset = read_segment_header(self.disk, fd, segment)
+        except BaseException:
+            self.disk.close(fd)
+            raise
+        if self.fd >= 0:
+            self.disk.close(self.fd)
+        self.fd = fd
+        self.header = header
+        self.offset = offset
+        self.segment = segment
+        self.seen_size = -1
+        self.tail = None
+        self.dangling_prepare = None
+        self.end_record = None
+
+    def rotate(self, segment: int) -> None:
+        """Move to the next segment this writer has just created after its end marker."""
+        self._open(segment)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.disk.close(self.fd)
+            self.fd = -1
+
+    @property
+    def position(self) -> Position:
+        return Position(self.segment, self.offset)
+
+    # ------------------------------------------------------------------ reading
+
+    def changed(self) -> bool:
+        """Could a poll find something new? One fstat in the common case."""
+        if self.end_record is not None:
+            return self.disk.exists(self.path(self.segment + 1))
+        return self.tail is not None or self.disk.size(self.fd) != self.seen_size
+
+    def poll(self) -> Iterator[Record]:
+        """Yield every new commit record, following end markers into the next segment.
+
+        Raises JournalCorrupt on damage that is not a torn tail; sets `tail` when unfinished
+        bytes remain at the end.
+        """
+        while True:
+            if self.end_record is not None:
+                nxt = self.segment + 1
+                if not self.disk.exists(self.path(nxt)):
+                    return  # the compaction that wrote the marker has not created it yet
+                expected = self.end_record.body.get("seq")
+                self._open(nxt)
+                base = self.header.get("base_seq")
+                if base != expected:
+                    raise JournalCorrupt(
+                        f"segment {nxt} starts after record {base}, "
+                        f"but segment {nxt - 1} ends at record {expected}",
+                        segment=nxt,
+                        offset=0,
+                    )
+                continue
+            size = self.disk.size(self.fd)
+            if size == self.seen_size and self.tail is None:
+                return
+            yield from self._read_to(size)
+            if self.end_record is None:
+                return
+
+    def _read_to(self, size: int) -> Iterator[Record]:
+        self.tail = None
+        self.dangling_prepare = None
+        pending: Record | None = None
+        pos = self.offset
+        want = READ_CHUNK
+        while pos < size:
+            data = self.disk.pread(self.fd, min(size - pos, want), pos)
+            if not data:
+                break  # the file shrank under us: a writer cut a tail; read again next poll
+            want = READ_CHUNK
+            records, stop, damage = scan(data, pos, self.segment)
+            for rec in records:
+                kind = rec.kind
+                if kind == PREPARE:
+                    pending = rec
+                elif kind == END:
+                    if pending is not None or rec.end < size:
+                        raise JournalCorrupt(
+                            f"segment {self.segment}: end marker at offset {rec.offset} "
+                            "is not the last record",
+                            segment=self.segment,
+                            offset=rec.offset,
+                        )
+                    self.offset = rec.end
+                    self.end_record = rec
+                    self.seen_size = size
+                    return
+                else:
+                    pending = None
+                    self.offset = rec.end
+                    yield rec
+            pos = stop
+            if damage is None:
+                continue
+            if damage.needed and damage.offset + damage.needed <= size:
+                want = max(READ_CHUNK, damage.needed)  # only the read size cut this frame
+                continue
+            self._classify(damage, size)
+            break
+        if pending is not None:
+            self.dangling_prepare = pending
+            self.tail = Tail(self.segment, pending.offset, "big-data write prepared but never committed")
+        self.seen_size = size
+
+    def _classify(self, damage: Damage, size: int) -> None:
+        """A torn tail (nothing valid after it, in the newest segment) or corruption (raise)."""
+        rest = self.disk.pread(self.fd, size - damage.offset, damage.offset)
+        later = find_valid_frame(rest, 1)
+        if later != -1:
+            raise JournalCorrupt(
+                f"segment {self.segment}: damaged record at offset {damage.offset} ({damage.reason}); "
+                f"a valid record follows at offset {damage.offset + later}",
+                segment=self.segment,
+                offset=damage.offset,
+            )
+        if self.disk.exists(self.path(self.segment + 1)):
+            raise JournalCorrupt(
+                f"segment {self.segment}: damaged record at offset {damage.offset} "
+                f"({damage.reason}) in a closed segment",
+                segment=self.segment,
+                offset=damage.offset,
+            )
+        self.tail = Tail(self.segment, damage.offset, damage.reason)
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, frame: bytes, *, sync: bool) -> None:
+        """Append one whole frame in one write, fsynced when asked; all or nothing.
+
+        If the write or the fsync fails, the file is cut back to where it was, so a failed
+        append leaves no partial frame and no record whose durability is unknown.
+        """
+        disk = self.disk
+        before = self.offset
+        failpoints.hit("append-before-write")
+        if failpoints.armed("append-torn-write"):
+            disk.write(self.fd, frame[: max(1, len(frame) // 2)])
+            failpoints.hit("append-torn-write")
+        try:
+            disk.write(self.fd, frame)
+            failpoints.hit("append-before-sync")
+            if sync:
+                disk.fdatasync(self.fd)
+        except BaseException:
+            self.truncate(before, sync=False)
+            raise
+        failpoints.hit("append-after-sync")
+        self.offset = before + len(frame)
+        self.seen_size = self.offset
+
+    def truncate(self, offset: int, *, sync: bool) -> None:
+        """Cut the segment back to `offset` (a writer undoing its own unfinished append)."""
+        self.disk.truncate(self.fd, offset)
+        if sync:
+            self.disk.fsync(self.fd)
+        self.offset = offset
+        self.seen_size = offset
+
+    def cut_tail(self, *, sync: bool) -> bytes:
+        """Remove an unfinished tail (caller holds the writers' lock); returns the bytes cut."""
+        tail = self.tail
+        if tail is None:
+            return b""
+        size = self.disk.size(self.fd)
+        cut = self.disk.pread(self.fd, size - tail.offset, tail.offset)
+        self.disk.truncate(self.fd, tail.offset)
+        if sync:
+            self.disk.fsync(self.fd)
+        self.offset = tail.offset
+        self.seen_size = tail.offset
+        self.tail = None
+        self.dangling_prepare = None
+        return cut

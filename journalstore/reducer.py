@@ -1,0 +1,484 @@
+"""The reducer: the one function that turns (state, event) into the next state.
+
+Live writes and replay both call `apply`; the store's records and indexes are therefore a pure
+function of a snapshot plus the events after it. `State` holds the records and their indexes
+(by ID, by name, by digest, by ID prefix) and an optional undo log, so that a transaction that
+fails after applying some events can be rolled back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from . import events as ev
+from .errors import StoreError
+from .prefix import PrefixIndex
+from .record import EMPTY_MAP, Image, derive_digests, freeze, image_from_json
+
+_new = tuple.__new__
+
+# Positions of the fields in an Image tuple, for building changed copies without _replace.
+_DIGEST, _DIGESTS, _NAMES, _HISTORY = 1, 2, 3, 4
+_MAPPED, _METADATA, _BD_NAMES, _BD_SIZES, _BD_DIGESTS = 6, 7, 8, 9, 10
+_FLAGS = 14
+
+
+class EventError(StoreError):
+    """An event that cannot apply to the state (its image is unknown, its name is taken, ...).
+
+    Never raised for events the store wrote itself; on replay it means the journal was altered.
+    """
+
+
+class State:
+    """The in-memory store: records in creation order plus the indexes over them.
+
+    Inside a transaction (`begin` .. `commit`/`rollback`) every change is logged so that it can
+    be undone, and a deleted record leaves a tombstone (None) holding its place in the order.
+    """
+
+    __slots__ = (
+        "_prefix",
+        "_reorder_lost",
+        "_tombstones",
+        "_undo",
+        "by_digest",
+        "by_name",
+        "count",
+        "images",
+        "read_only",
+        "seq",
+    )
+
+    def __init__(self, read_only: bool = False) -> None:
+        self.images: dict[str, Image | None] = {}
+        self.by_name: dict[str, str] = {}
+        self.by_digest: dict[str, list[str]] = {}
+        self._prefix: PrefixIndex | None = None
+        self.count = 0
+        self.seq = 0
+        self.read_only = read_only
+        self._undo: list[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+        self._tombstones: list[str] = []
+        self._reorder_lost = False
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, image_id: str) -> Image | None:
+        """The record with exactly this ID."""
+        return self.images.get(image_id)
+
+    def lookup(self, ref: str) -> Image | None:
+        """A full ID, else a name, else the unique ID prefix (containers/storage's order)."""
+        images = self.images
+        image = images.get(ref)
+        if image is not None:
+            return image
+        image_id = self.by_name.get(ref)
+        if image_id is not None:
+            return images.get(image_id)
+        found = self.prefix.unique(ref)
+        return None if found is None else images.get(found)
+
+    def prefix_matches(self, prefix: str, limit: int = 2) -> list[str]:
+        """IDs that start with `prefix` (to tell an unknown reference from an ambiguous one)."""
+        return self.prefix.matches(prefix, limit)
+
+    @property
+    def prefix(self) -> PrefixIndex:
+        """The ID-prefix index, built on first use so that opening a store does not pay for it."""
+        index = self._prefix
+        if index is None:
+            index = self._prefix = PrefixIndex(k for k, v in self.images.items() if v is not None)
+        return index
+
+    def __iter__(self) -> Iterator[Image]:
+        """Records in creation order."""
+        return (image for image in self.images.values() if image is not None)
+
+    def __len__(self) -> int:
+        return self.count
+
+    # ------------------------------------------------------------------ primitives
+
+    def _log(self, fn: Callable[..., Any], *args: Any) -> None:
+        undo = self._undo
+        if undo is not None:
+            undo.append((fn, args))
+
+    def insert(self, image: Image) -> None:
+        """Add a new record at the end of the creation order."""
+        image_id = image.id
+        images = self.images
+        if image_id in images:  # a tombstone of this transaction: the new record goes last
+            del images[image_id]
+            self._reorder_lost = True
+        images[image_id] = image
+        self.count += 1
+        if self._undo is not None:
+            self._undo.append((self._uninsert, (image_id,)))
+        if self._prefix is not None:
+            self._prefix.add(image_id)
+
+    def _uninsert(self, image_id: str) -> None:
+        del self.images[image_id]
+        self.count -= 1
+
+    def replace(self, image: Image) -> None:
+        """Swap a record for its changed copy, keeping its place in the order."""
+        images = self.images
+        if self._undo is not None:
+            self._undo.append((images.__setitem__, (image.id, images[image.id])))
+        images[image.id] = image
+
+    def remove(self, image_id: str) -> None:
+        """Drop a record (a tombstone inside a transaction)."""
+        images = self.images
+        old = images[image_id]
+        if self._undo is not None:
+            self._undo.append((self._unremove, (image_id, old)))
+            images[image_id] = None
+            self._tombstones.append(image_id)
+        else:
+            del images[image_id]
+        self.count -= 1
+        if self._prefix is not None:
+            self._prefix.remove(image_id)
+
+    def _unremove(self, image_id: str, image: Image) -> None:
+        self.images[image_id] = image
+        self.count += 1
+
+    def set_name(self, name: str, image_id: str) -> None:
+        by_name = self.by_name
+        if self._undo is not None:
+            self._undo.append((self._restore_name, (name, by_name.get(name))))
+        by_name[name] = image_id
+
+    def drop_name(self, name: str) -> None:
+        by_name = self.by_name
+        if self._undo is not None:
+            self._undo.append((self._restore_name, (name, by_name.get(name))))
+        by_name.pop(name, None)
+
+    def _restore_name(self, name: str, image_id: str | None) -> None:
+        if image_id is None:
+            self.by_name.pop(name, None)
+        else:
+            self.by_name[name] = image_id
+
+    def add_digest(self, digest: str, image_id: str) -> None:
+        """Append the image to the digest's list unless it is there already."""
+        lst = self.by_digest.get(digest)
+        if lst is None:
+            self._log(self._restore_digest, digest, None)
+            self.by_digest[digest] = [image_id]
+        elif image_id not in lst:
+            self._log(self._restore_digest, digest, list(lst))
+            lst.append(image_id)
+
+    def drop_digest(self, digest: str, image_id: str) -> None:
+        lst = self.by_digest.get(digest)
+        if lst is None or image_id not in lst:
+            return
+        self._log(self._restore_digest, digest, list(lst))
+        if len(lst) == 1:
+            del self.by_digest[digest]
+        else:
+            lst.remove(image_id)
+
+    def _restore_digest(self, digest: str, lst: list[str] | None) -> None:
+        if lst is None:
+            self.by_digest.pop(digest, None)
+        else:
+            self.by_digest[digest] = lst
+
+    # ------------------------------------------------------------------ transactions
+
+    def begin(self) -> None:
+        """Start logging changes so that `rollback` can undo them."""
+        self._undo = []
+        self._tombstones = []
+        self._reorder_lost = False
+
+    def commit(self) -> None:
+        """Keep the changes: drop the undo log and the tombstones."""
+        images = self.images
+        for image_id in self._tombstones:
+            if image_id in images and images[image_id] is None:
+                del images[image_id]
+        self._undo = None
+        self._tombstones = []
+
+    def rollback(self) -> bool:
+        """Undo every change since `begin`. False if the creation order could not be restored
+        (an ID deleted and created again in the transaction): the caller must reload."""
+        undo = self._undo or []
+        self._undo = None
+        for fn, args in reversed(undo):
+            fn(*args)
+        self._tombstones = []
+        self._prefix = None  # rebuilt on demand; cheaper than logging every index move
+        return not self._reorder_lost
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._undo is not None
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, images: Iterable[Image]) -> list[tuple[str, str]]:
+        """Fill an empty state from a snapshot's records, in file order.
+
+        A name held by several records stays with the later one, as containers/storage resolves
+        it on load; the (image id, name) pairs taken away are returned.
+        """
+        records = self.images
+        by_name = self.by_name
+        by_digest = self.by_digest
+        dropped: list[tuple[str, str]] = []
+        for image in images:
+            image_id = image.id
+            if image_id in records:
+                raise EventError(f"snapshot lists image {image_id} twice")
+            records[image_id] = image
+            for name in image.names:
+                holder = by_name.get(name)
+                if holder is not None:
+                    dropped.append((holder, name))
+                    self.strip_name(holder, name)
+                by_name[name] = image_id
+            for digest in image.digests:
+                lst = by_digest.get(digest)
+                if lst is None:
+                    by_digest[digest] = [image_id]
+                else:
+                    lst.append(image_id)
+        self.count = len(records)
+        return dropped
+
+    def strip_name(self, image_id: str, name: str) -> None:
+        """Take a name from a record without touching its history (Go's removeName)."""
+        image = self.images[image_id]
+        assert image is not None
+        self.replace(_new(Image, (*image[:_NAMES], tuple(n for n in image.names if n != name), *image[_NAMES + 1 :])))
+
+
+# ---------------------------------------------------------------------- the reducer
+
+
+def _image(state: State, event: Mapping[str, Any]) -> Image:
+    image = state.images.get(event["id"])
+    if image is None:
+        raise EventError(f"{event['op']} event for unknown image {event['id']}")
+    return image
+
+
+def _create(state: State, event: Mapping[str, Any]) -> None:
+    image_id = event["id"]
+    if state.images.get(image_id) is not None:
+        raise EventError(f"create event for existing image {image_id}")
+    names = tuple(dict.fromkeys(event.get("names", ())))
+    by_name = state.by_name
+    for name in names:
+        if name in by_name:
+            raise EventError(f"create event gives image {image_id} the name {name!r} of {by_name[name]}")
+    digest = event.get("digest", "")
+    digests = (digest,) if digest else ()
+    flags = event.get("flags")
+    state.insert(
+        _new(
+            Image,
+            (
+                image_id,
+                digest,
+                digests,
+                names,
+                tuple(event.get("history", ())),
+                event.get("layer", ""),
+                (),
+                event.get("metadata", ""),
+                (),
+                EMPTY_MAP,
+                EMPTY_MAP,
+                event["created"],
+                event.get("offset", 0),
+                state.read_only,
+                freeze(flags) if flags else EMPTY_MAP,
+            ),
+        )
+    )
+    for name in names:
+        state.set_name(name, image_id)
+    if digest:
+        state.add_digest(digest, image_id)
+
+
+def _names(state: State, event: Mapping[str, Any]) -> None:
+    image = _image(state, event)
+    image_id = image.id
+    old = image.names
+    given = event["names"]
+    op = event["op"]
+    if op == ev.SET_NAMES:
+        new = tuple(dict.fromkeys(given))
+    elif op == ev.ADD_NAMES:
+        new = tuple(dict.fromkeys((*given, *old)))
+    else:
+        gone = set(given)
+        new = tuple(n for n in old if n not in gone)
+    for name in old:
+        state.drop_name(name)
+    by_name = state.by_name
+    history = list(image.names_history)
+    for name in new:
+        holder = by_name.get(name)
+        if holder is not None and holder != image_id:
+            state.strip_name(holder, name)
+        state.set_name(name, image_id)
+        if name in history:
+            history.remove(name)
+        history.insert(0, name)
+    state.replace(_new(Image, (*image[:_NAMES], new, tuple(history), *image[_HISTORY + 1 :])))
+
+
+def _delete(state: State, event: Mapping[str, Any]) -> None:
+    image = _image(state, event)
+    for name in image.names:
+        state.drop_name(name)
+    for digest in image.digests:
+        state.drop_digest(digest, image.id)
+    state.remove(image.id)
+
+
+def _set_metadata(state: State, event: Mapping[str, Any]) -> None:
+    image = _image(state, event)
+    state.replace(_new(Image, (*image[:_METADATA], event["metadata"], *image[_METADATA + 1 :])))
+
+
+def _set_flags(state: State, image: Image, flags: dict[str, Any]) -> None:
+    state.replace(_new(Image, (*image[:_FLAGS], freeze(flags) if flags else EMPTY_MAP)))
+
+
+def _set_flag(state: State, event: Mapping[str, Any]) -> None:
+    image = _image(state, event)
+    flags = dict(image.flags)
+    flags[event["key"]] = event["value"]
+    _set_flags(state, image, flags)
+
+
+def _clear_flag(state: State, event: Mapping[str, Any]) -> None:
+    image = _image(state, event)
+    if event["key"] in image.flags:
+        flags = dict(image.flags)
+        del flags[event["key"]]
+        _set_flags(state, image, flags)
+
+
+def _set_big_data(state: State, event: Mapping[str, Any]) -> None:
+    image = _image(state, event)
+    image_id = image.id
+    key = event["key"]
+    names = image.big_data_names
+    if key not in names:
+        names = (*names, key)
+    sizes = dict(image.big_data_sizes)
+    sizes[key] = event["size"]
+    digests_map = dict(image.big_data_digests)
+    digests_map[key] = event["digest"]
+    digest, digests = derive_digests(image.digest, names, digests_map)
+    for old in image.digests:
+        state.drop_digest(old, image_id)
+    state.replace(
+        _new(
+            Image,
+            (
+                image_id,
+                digest,
+                digests,
+                *image[_NAMES:_BD_NAMES],
+                names,
+                freeze(sizes),
+                freeze(digests_map),
+                *image[_BD_DIGESTS + 1 :],
+            ),
+        )
+    )
+    for new in digests:
+        state.add_digest(new, image_id)
+
+
+def _fold_equal(a: str, b: str) -> bool:
+    """Go's strings.EqualFold for the common cases (simple case folding, rune by rune)."""
+    return a == b or (len(a) == len(b) and a.lower() == b.lower())
+
+
+def _mapped_layer(state: State, event: Mapping[str, Any]) -> None:
+    image = _image(state, event)
+    layer = event["layer"]
+    if event["op"] == ev.ADD_MAPPED_LAYER:
+        layers = (*image.mapped_top_layers, layer)
+    else:
+        layers = tuple(x for x in image.mapped_top_layers if not _fold_equal(x, layer))
+    state.replace(_new(Image, (*image[:_MAPPED], layers, *image[_MAPPED + 1 :])))
+
+
+def _put_image(state: State, event: Mapping[str, Any]) -> None:
+    image = image_from_json(event["image"], state.read_only)
+    image_id = image.id
+    old = state.images.get(image_id)
+    if old is not None:
+        for name in old.names:
+            state.drop_name(name)
+        for digest in old.digests:
+            state.drop_digest(digest, image_id)
+    by_name = state.by_name
+    for name in image.names:
+        holder = by_name.get(name)
+        if holder is not None and holder != image_id:
+            state.strip_name(holder, name)
+    if old is None:
+        state.insert(image)
+    else:
+        state.replace(image)
+    for name in image.names:
+        state.set_name(name, image_id)
+    for digest in image.digests:
+        state.add_digest(digest, image_id)
+
+
+def _marker(state: State, event: Mapping[str, Any]) -> None:
+    """Events that record something about the store without changing a record."""
+
+
+_APPLY: dict[str, Callable[[State, Mapping[str, Any]], None]] = {
+    ev.CREATE: _create,
+    ev.SET_NAMES: _names,
+    ev.ADD_NAMES: _names,
+    ev.REMOVE_NAMES: _names,
+    ev.DELETE: _delete,
+    ev.SET_METADATA: _set_metadata,
+    ev.SET_FLAG: _set_flag,
+    ev.CLEAR_FLAG: _clear_flag,
+    ev.SET_BIG_DATA: _set_big_data,
+    ev.ADD_MAPPED_LAYER: _mapped_layer,
+    ev.REMOVE_MAPPED_LAYER: _mapped_layer,
+    ev.PUT_IMAGE: _put_image,
+    ev.IMPORT: _marker,
+    ev.EXTERNAL_REWRITE: _marker,
+}
+
+
+def apply(state: State, event: Mapping[str, Any]) -> None:
+    """Apply one event to the state (records and indexes). Raises EventError if it cannot."""
+    try:
+        handler = _APPLY[event["op"]]
+    except (KeyError, TypeError):
+        raise EventError(f"unknown event {event!r:.120}") from None
+    try:
+        handler(state, event)
+    except EventError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EventError(f"malformed {event.get('op')} event: {exc}") from None

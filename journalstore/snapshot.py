@@ -1,0 +1,298 @@
+"""Snapshots: images.json exactly as containers/storage reads and writes it.
+
+The encoder reproduces Go's encoding/json output for the Image struct: keys in struct order,
+empty values left out (omitempty), map keys sorted, `<`, `>`, `&`, U+2028 and U+2029 escaped,
+other non-ASCII text raw, numbers formatted as Go formats float64, no trailing newline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import msgpack
+import xxhash
+
+from .errors import SnapshotMismatch
+from .fsio import Disk
+from .record import EMPTY_MAP, Image, derive_digests, format_go_time, freeze, image_from_json
+
+IMAGES_JSON = "images.json"
+
+_GO_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class SnapshotCorrupt(SnapshotMismatch):
+    """images.json cannot be read as a containers/storage image list."""
+
+
+def snapshot_digest(data: bytes) -> str:
+    """The checksum a segment header records for the snapshot it starts from."""
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def archive_name(segment: int) -> str:
+    """The journal-directory name of the snapshot segment `segment` starts from."""
+    return f"snapshot-{segment:08d}.json"
+
+
+def parse_archive_name(name: str) -> int | None:
+    if name.startswith("snapshot-") and name.endswith(".json") and name[9:-5].isdigit():
+        return int(name[9:-5])
+    return None
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def go_float(value: float) -> str:
+    """Go's encoding/json text for a float64: shortest digits, 'e' form below 1e-6 or from 1e21."""
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    if value == 0:
+        return sign + "0"
+    text = repr(abs(value))
+    mantissa, _, exp_text = text.partition("e")
+    whole, _, frac = mantissa.partition(".")
+    number = int(whole + frac)
+    exponent = int(exp_text or 0) - len(frac)
+    while number % 10 == 0:
+        number //= 10
+        exponent += 1
+    digits = str(number)
+    magnitude = abs(value)
+    if magnitude < 1e-6 or magnitude >= 1e21:
+        sci = len(digits) - 1 + exponent
+        head = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        tail = f"e-{-sci}" if sci < 0 else f"e+{sci:02d}"
+        if sci < 0 and -sci >= 10:
+            tail = f"e-{-sci:02d}"
+        return sign + head + tail
+    if exponent >= 0:
+        return sign + digits + "0" * exponent
+    point = len(digits) + exponent
+    if point > 0:
+        return sign + digits[:point] + "." + digits[point:]
+    return sign + "0." + "0" * -point + digits
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, Mapping):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def _go_value(value: Any) -> str:
+    """Encode a JSON value the way Go does, for values holding floats (rare: flags only)."""
+    if isinstance(value, float):
+        return go_float(value)
+    if isinstance(value, Mapping):
+        items = ",".join(f"{_encode(k)}:{_go_value(value[k])}" for k in sorted(value))
+        return "{" + items + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_go_value(v) for v in value) + "]"
+    return _encode(value)
+
+
+def _sorted_json(value: Any) -> Any:
+    """A frozen value as plain JSON with object keys sorted (Go sorts map keys)."""
+    if isinstance(value, Mapping):
+        return {k: _sorted_json(value[k]) for k in sorted(value)}
+    if isinstance(value, tuple | list):
+        return [_sorted_json(v) for v in value]
+    return value
+
+
+def image_json_text(image: Image) -> str:
+    """One record as Go writes it (before the HTML escaping of the whole document)."""
+    out: dict[str, Any] = {"id": image.id}
+    if image.digest:
+        out["digest"] = image.digest
+    if image.names:
+        out["names"] = image.names
+    if image.names_history:
+        out["names-history"] = image.names_history
+    if image.top_layer:
+        out["layer"] = image.top_layer
+    if image.mapped_top_layers:
+        out["mapped-layers"] = image.mapped_top_layers
+    if image.metadata:
+        out["metadata"] = image.metadata
+    if image.big_data_names:
+        out["big-data-names"] = image.big_data_names
+    if image.big_data_sizes:
+        out["big-data-sizes"] = {k: image.big_data_sizes[k] for k in sorted(image.big_data_sizes)}
+    if image.big_data_digests:
+        out["big-data-digests"] = {k: image.big_data_digests[k] for k in sorted(image.big_data_digests)}
+    out["created"] = format_go_time(image.created_ns, image.created_offset)
+    flags = image.flags
+    if flags:
+        if _has_float(flags):
+            return _encode(out)[:-1] + ',"flags":' + _go_value(flags) + "}"
+        out["flags"] = _sorted_json(flags)
+    return _encode(out)
+
+
+def encode(images: Iterable[Image]) -> bytes:
+    """The images.json bytes for these records, in order."""
+    text = "[" + ",".join(map(image_json_text, images)) + "]"
+    return text.translate(_GO_ESCAPES).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode(data: bytes, source: str) -> list[dict[str, Any]]:
+    """The image documents of an images.json (an empty file or `null` holds none)."""
+    if not data.strip():
+        return []
+    try:
+        docs = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SnapshotCorrupt(f"{source}: not valid JSON ({exc})") from None
+    if docs is None:
+        return []
+    if not isinstance(docs, list):
+        raise SnapshotCorrupt(f"{source}: not a JSON array of images")
+    return docs
+
+
+def images_from_docs(docs: list[dict[str, Any]], source: str, read_only: bool) -> list[Image]:
+    """Records from images.json documents; raises SnapshotCorrupt naming the bad record."""
+    try:
+        return [image_from_json(doc, read_only) for doc in docs]
+    except ValueError as exc:
+        raise SnapshotCorrupt(f"{source}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_atomic(disk: Disk, path: str, data: bytes, *, sync: bool, tmp_dir: str | None = None) -> None:
+    """Write `path` whole or not at all: temp file, fsync, rename, fsync of the directory."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(tmp_dir or directory, f".tmp-{os.path.basename(path)}-{os.getpid()}")
+    disk.write_file(tmp, data, sync=sync)
+    disk.rename(tmp, path)
+    if sync:
+        disk.fsync_dir(directory)
+        if tmp_dir and tmp_dir != directory:
+            disk.fsync_dir(tmp_dir)
+
+
+# --------------------------------------------------------------------------- the index twin
+#
+# images.json is the interoperable snapshot, but parsing JSON and RFC 3339 times is most of a
+# cold open. Each snapshot we write also gets a binary twin (ZODB's .index next to Data.fs):
+# the same records as msgpack rows in `Image` field order, with times as integers, naming the
+# xxh3 of the images.json bytes it mirrors. A twin that is missing, damaged or names other
+# bytes is ignored and images.json is parsed instead.
+
+TWIN_MAGIC = b"JSTORIDX"
+TWIN_VERSION = 1
+_TWIN_HEADER = struct.Struct("<8sHHIQ")  # magic, version, reserved, json size, payload xxh3
+
+
+def twin_name(segment: int) -> str:
+    """The journal-directory name of the binary twin of snapshot `segment`."""
+    return f"snapshot-{segment:08d}.msgpack"
+
+
+def _row(image: Image) -> tuple[Any, ...]:
+    return (
+        image.id,
+        image.digest,
+        image.names,
+        image.names_history,
+        image.top_layer,
+        image.mapped_top_layers,
+        image.metadata,
+        image.big_data_names,
+        image.big_data_sizes or None,
+        image.big_data_digests or None,
+        image.created_ns,
+        image.created_offset,
+        image.flags or None,
+    )
+
+
+def encode_twin(images: Iterable[Image], json_digest: str, json_size: int) -> bytes:
+    payload = msgpack.packb(
+        {"json_xxh3": json_digest, "images": [_row(i) for i in images]},
+        use_bin_type=True,
+        default=_plain,
+    )
+    head = _TWIN_HEADER.pack(TWIN_MAGIC, TWIN_VERSION, 0, json_size, xxhash.xxh3_64_intdigest(payload))
+    return head + payload
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def decode_twin(data: bytes, json_digest: str, read_only: bool) -> list[Image] | None:
+    """The records of a twin, or None if it does not mirror the images.json with that digest."""
+    if len(data) < _TWIN_HEADER.size:
+        return None
+    magic, version, _reserved, _size, digest = _TWIN_HEADER.unpack_from(data)
+    payload = memoryview(data)[_TWIN_HEADER.size :]
+    if magic != TWIN_MAGIC or version != TWIN_VERSION or xxhash.xxh3_64_intdigest(payload) != digest:
+        return None
+    try:
+        body = msgpack.unpackb(payload, raw=False, use_list=False)
+    except Exception:  # a damaged twin is only a missed shortcut
+        return None
+    if not isinstance(body, dict) or body.get("json_xxh3") != json_digest:
+        return None
+    new = tuple.__new__
+    out: list[Image] = []
+    append = out.append
+    try:
+        for row in body["images"]:
+            (image_id, digest_, names, history, layer, mapped, metadata) = row[:7]
+            (bd_names, sizes, digests_map, ns, off, flags) = row[7:]
+            if bd_names:
+                sizes = MappingProxyType(sizes) if sizes else EMPTY_MAP
+                digests_map = MappingProxyType(digests_map) if digests_map else EMPTY_MAP
+                digest_, digests = derive_digests(digest_, bd_names, digests_map)
+            else:
+                sizes = digests_map = EMPTY_MAP
+                digests = (digest_,) if digest_ else ()
+            append(
+                new(
+                    Image,
+                    (
+                        image_id,
+                        digest_,
+                        digests,
+                        names,
+                        history,
+                        layer,
+                        mapped,
+                        metadata,
+                        bd_names,
+                        sizes,
+                        digests_map,
+                        ns,
+                        off,
+                        read_only,
+                        freeze(flags) if flags else EMPTY_MAP,
+                    ),
+                )
+            )
+    except (TypeError, ValueError, KeyError):
+        return None
+    return out

@@ -1,0 +1,1147 @@
+"""`ImageStore`: the facade. Every call flows one way: validate → event → journal → reducer.
+
+Reads take no lock: they compare the journal's size with the position this instance has applied
+and apply only new records (one fstat when nothing changed). Writes take the writers' lock,
+catch up, validate against the fresh state, apply the events with an undo log, append them as
+one record (fsynced by default) and keep them; any failure before the append undoes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from . import events as ev
+from . import failpoints
+from . import journal as jn
+from . import snapshot as snap
+from .bigdata import BigDataFiles, Write, check_key, sha256_digest
+from .errors import (
+    BigDataUnknown,
+    DigestUnknown,
+    DuplicateID,
+    DuplicateImageNames,
+    DuplicateName,
+    ImageUnknown,
+    InvalidBigDataName,
+    JournalCorrupt,
+    RecordTooLarge,
+    SizeUnknown,
+    SnapshotMismatch,
+    StoreError,
+    StoreIsReadOnly,
+    StoreNotFound,
+)
+from .fsio import DEFAULT_DISK, Disk
+from .locking import WriterLock
+from .record import Image, time_from_datetime
+from .reducer import EventError, State, apply
+from .validation import (
+    check_bytes,
+    check_digest,
+    check_flag_key,
+    check_flag_value,
+    check_flags,
+    check_id,
+    check_names,
+    check_ref,
+    check_str,
+)
+
+T = TypeVar("T")
+
+FsyncMode = Literal["always", "never"]
+NameOp = Literal["set-names", "add-names", "remove-names"]
+DEFAULT_COMPACT_EVERY = 100_000
+DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
+JOURNAL_DIR = "journal"
+LOCK_FILE = "images.lock"
+_HEX64 = frozenset("0123456789abcdef")
+
+
+class StoreWarning(UserWarning):
+    """Something about the store a caller should know, that does not stop it from working."""
+
+
+class _Txn:
+    """What one write transaction (a single call or a whole batch) has done so far."""
+
+    __slots__ = ("events", "pending", "removed", "stale", "writes")
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.writes: list[Write] = []
+        self.pending: dict[tuple[str, str], bytes] = {}  # big data not yet on disk, for reads
+        self.removed: list[str] = []  # images deleted: their directories go after the commit
+        self.stale: list[str] = []  # explicit IDs created over a leftover directory
+
+
+def _is_hex_id(name: str) -> bool:
+    return len(name) == 64 and _HEX64.issuperset(name)
+
+
+class ImageStore:
+    """An image store directory: images.json, images.lock, journal/ and one directory per image.
+
+    Thread-safe; many processes may open the same directory. See SPEC §3 for the operations.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        fsync: FsyncMode = "always",
+        actor: str = "",
+        compact_every: int | None = DEFAULT_COMPACT_EVERY,
+        compact_bytes: int | None = DEFAULT_COMPACT_BYTES,
+        lock_timeout: float | None = None,
+        disk: Disk | None = None,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"store path must be a string or path, not {type(path).__name__}")
+        if fsync not in ("always", "never"):
+            raise ValueError(f"fsync must be 'always' or 'never', not {fsync!r}")
+        if not isinstance(actor, str):
+            raise TypeError(f"actor must be a string, not {type(actor).__name__}")
+        for name, value in (("compact_every", compact_every), ("compact_bytes", compact_bytes)):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.fsync: FsyncMode = fsync
+        self.actor = actor
+        self.compact_every = compact_every
+        self.compact_bytes = compact_bytes
+        self._sync = fsync == "always"
+        self._disk = disk or DEFAULT_DISK
+        self._journal_dir = os.path.join(self.path, JOURNAL_DIR)
+        self._files = BigDataFiles(self._disk, self.path, self._journal_dir)
+        self._mutex = threading.RLock()
+        self._txn: _Txn | None = None
+        self._pid = os.getpid()
+        self._uid = os.getuid()
+        self._lock: WriterLock | None = None
+        self._cursor: jn.Cursor | None = None
+        self._legacy_stamp: tuple[int, int, int] | None = None
+        self._segment_events = 0
+        self._repaired = False
+        self._publish_pending = False
+        self._foreign_data: bytes | None = None
+        self.foreign_rewrite = False
+        self._compact_after_import = False
+        self._read_only = read_only
+        self._read_only_reason = "the store was opened read-only"
+        self._state = State(read_only)
+        self._open(lock_timeout)
+
+    # ================================================================== opening
+
+    def _open(self, lock_timeout: float | None) -> None:
+        disk = self._disk
+        if self._read_only:
+            if not disk.is_dir(self.path):
+                raise StoreNotFound(f"no store at {self.path}")
+        else:
+            try:
+                os.makedirs(self.path, 0o700, exist_ok=True)
+            except PermissionError:
+                if not disk.is_dir(self.path):
+                    raise
+            if not os.access(self.path, os.W_OK | os.X_OK):
+                self._fall_back_read_only(f"{self.path} is not writable by this user")
+            else:
+                try:
+                    self._lock = WriterLock(disk, os.path.join(self.path, LOCK_FILE), lock_timeout)
+                except PermissionError:
+                    self._fall_back_read_only(f"cannot open {LOCK_FILE} for writing")
+        if self._lock is not None and not self._segments():
+            self._lock.acquire()
+            try:
+                if not self._segments():
+                    self._initialize()
+            finally:
+                self._lock.release()
+        if self._segments():
+            self._load_journal()
+        else:
+            self._load_legacy()
+        if self._foreign_data is not None and not self._read_only:
+            with self._locked():
+                pass  # the repair step merges the foreign images.json
+
+    def _fall_back_read_only(self, reason: str) -> None:
+        self._read_only = True
+        self._state.read_only = True
+        self._read_only_reason = reason
+        warnings.warn(f"opening {self.path} read-only: {reason}", StoreWarning, stacklevel=4)
+
+    def _segments(self) -> list[int]:
+        try:
+            names = self._disk.listdir(self._journal_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(n for n in map(jn.parse_segment_name, names) if n is not None)
+
+    def _initialize(self) -> None:
+        """Make a directory a journalstore store (caller holds the lock): a fresh one, or an
+        import of the containers/storage images.json it holds."""
+        disk = self._disk
+        for directory in (self._journal_dir, self._files.staging):
+            if not disk.is_dir(directory):
+                disk.mkdir(directory, 0o700)
+        disk.fsync_dir(self.path)
+        images_json = os.path.join(self.path, snap.IMAGES_JSON)
+        snapshot: dict[str, Any] | None = None
+        import_event: dict[str, Any] | None = None
+        if disk.exists(images_json):
+            data = disk.read_file(images_json)
+            docs = snap.decode(data, images_json)
+            records = snap.images_from_docs(docs, images_json, False)
+            dropped = State().load(records)
+            archive = snap.archive_name(1)
+            self._link_or_copy(images_json, os.path.join(self._journal_dir, archive), data)
+            snapshot = {"file": archive, "xxh3": snap.snapshot_digest(data), "size": len(data)}
+            self._write_twin(1, records, snapshot["xxh3"], len(data))
+            import_event = {
+                "op": ev.IMPORT,
+                "source": images_json,
+                "count": len(records),
+                "dropped_names": [list(pair) for pair in dropped],
+            }
+        self._create_segment(1, 0, snapshot)
+        if import_event is not None:
+            cursor = jn.Cursor(disk, self._journal_dir, 1, writable=True)
+            try:
+                body = self._record_body(1, [import_event])
+                cursor.append(jn.encode_frame(jn.pack(body)), sync=self._sync)
+            finally:
+                cursor.close()
+            if import_event["dropped_names"]:
+                self._compact_after_import = True  # give Go readers a file without duplicates
+
+    def _link_or_copy(self, src: str, dst: str, data: bytes) -> None:
+        """Give `src`'s bytes a second name (a hard link where the filesystem allows)."""
+        tmp = dst + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            self._disk.unlink(tmp)
+        try:
+            self._disk.link(src, tmp)
+            if self._sync:
+                fd = self._disk.open(tmp, os.O_RDONLY)
+                try:
+                    self._disk.fsync(fd)
+                finally:
+                    self._disk.close(fd)
+        except OSError:
+            self._disk.write_file(tmp, data, sync=self._sync)
+        self._disk.rename(tmp, dst)
+        if self._sync:
+            self._disk.fsync_dir(os.path.dirname(dst))
+
+    def _create_segment(self, number: int, base_seq: int, snapshot: dict[str, Any] | None) -> None:
+        """Write a new segment file with its header, whole or not at all."""
+        meta: dict[str, Any] = {
+            "segment": number,
+            "base_seq": base_seq,
+            "snapshot": snapshot,
+            "created": time.time_ns(),
+        }
+        path = os.path.join(self._journal_dir, jn.segment_name(number))
+        tmp = path + ".tmp"
+        self._disk.write_file(tmp, jn.encode_segment_header(meta), sync=self._sync)
+        self._disk.rename(tmp, path)
+        if self._sync:
+            self._disk.fsync_dir(self._journal_dir)
+
+    def _load_journal(self) -> None:
+        """Newest segment's snapshot, then replay that segment."""
+        disk = self._disk
+        newest = self._segments()[-1]
+        fd = disk.open(os.path.join(self._journal_dir, jn.segment_name(newest)), os.O_RDONLY)
+        try:
+            header, _ = jn.read_segment_header(disk, fd, newest)
+        finally:
+            disk.close(fd)
+        state = State(self._read_only)
+        reference = header.get("snapshot")
+        if reference:
+            state.load(self._snapshot_records(newest, reference))
+        state.seq = int(header.get("base_seq", 0))
+        self._state = state
+        self._segment_events = 0
+        self._cursor = jn.Cursor(disk, self._journal_dir, newest, writable=not self._read_only)
+        self._catch_up()
+
+    def _snapshot_records(self, segment: int, reference: Mapping[str, Any]) -> list[Image]:
+        """The records of the snapshot a segment starts from (its binary twin when valid)."""
+        data = self._base_snapshot(segment, reference)
+        with contextlib.suppress(OSError):
+            twin = self._disk.read_file(os.path.join(self._journal_dir, snap.twin_name(segment)))
+            records = snap.decode_twin(twin, str(reference.get("xxh3")), self._read_only)
+            if records is not None:
+                return records
+        source = os.path.join(self._journal_dir, str(reference.get("file")))
+        return snap.images_from_docs(snap.decode(data, source), source, self._read_only)
+
+    def _write_twin(self, segment: int, records: Iterable[Image], digest: str, size: int) -> None:
+        """Best effort: a missing or torn twin only makes the next cold open parse JSON."""
+        path = os.path.join(self._journal_dir, snap.twin_name(segment))
+        try:
+            self._disk.write_file(path + ".tmp", snap.encode_twin(records, digest, size), sync=False)
+            self._disk.rename(path + ".tmp", path)
+        except OSError as exc:
+            warnings.warn(f"could not write {path}: {exc}", StoreWarning, stacklevel=4)
+
+    def _base_snapshot(self, segment: int, reference: Mapping[str, Any]) -> bytes:
+        """The bytes of the snapshot a segment starts from: images.json, or its archived copy.
+
+        Notes whether images.json must be published again (a compaction stopped before it)
+        or was rewritten by another program.
+        """
+        disk = self._disk
+        want = reference.get("xxh3")
+        images_json = os.path.join(self.path, snap.IMAGES_JSON)
+        current: bytes | None = None
+        with contextlib.suppress(FileNotFoundError):
+            current = disk.read_file(images_json)
+        if current is not None and snap.snapshot_digest(current) == want:
+            self._publish_pending = False
+            return current
+        archive = os.path.join(self._journal_dir, str(reference.get("file")))
+        try:
+            data = disk.read_file(archive)
+        except FileNotFoundError:
+            data = None
+        if data is None or snap.snapshot_digest(data) != want:
+            raise SnapshotMismatch(
+                f"{images_json} does not match the snapshot segment {segment} starts from "
+                f"(xxh3 {want}), and its archived copy {archive} is missing or damaged"
+            )
+        if current is None or self._is_our_snapshot(images_json):
+            self._publish_pending = True  # a compaction stopped before publishing images.json
+        else:
+            self.foreign_rewrite = True
+            self._foreign_data = current
+            if self._read_only:
+                warnings.warn(
+                    f"{images_json} was rewritten by another program after the last snapshot; "
+                    "showing the journal's state. Open the store read-write to merge its changes.",
+                    StoreWarning,
+                    stacklevel=5,
+                )
+        return data
+
+    def _is_our_snapshot(self, images_json: str) -> bool:
+        """Whether images.json is one of our archived snapshots (same file, or same bytes)."""
+        disk = self._disk
+        try:
+            st = disk.stat(images_json)
+        except FileNotFoundError:
+            return False
+        digest = None
+        for name in disk.listdir(self._journal_dir):
+            if snap.parse_archive_name(name) is None:
+                continue
+            path = os.path.join(self._journal_dir, name)
+            with contextlib.suppress(FileNotFoundError):
+                other = disk.stat(path)
+                if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
+                    return True
+                if other.st_size == st.st_size:
+                    if digest is None:
+                        digest = snap.snapshot_digest(disk.read_file(images_json))
+                    if snap.snapshot_digest(disk.read_file(path)) == digest:
+                        return True
+        return False
+
+    def _load_legacy(self) -> None:
+        """A directory containers/storage wrote (read-only): images.json alone."""
+        images_json = os.path.join(self.path, snap.IMAGES_JSON)
+        disk = self._disk
+        try:
+            st = disk.stat(images_json)
+            data = disk.read_file(images_json)
+        except FileNotFoundError:
+            self._legacy_stamp = (0, 0, 0)
+            self._state = State(self._read_only)
+            return
+        records = snap.images_from_docs(snap.decode(data, images_json), images_json, self._read_only)
+        state = State(self._read_only)
+        dropped = state.load(records)
+        if dropped:
+            names = ", ".join(sorted({name for _, name in dropped}))
+            raise DuplicateImageNames(f"{images_json} gives the same name to several images: {names}")
+        self._state = state
+        self._legacy_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _refresh_legacy(self) -> bool:
+        if self._segments():  # the directory became a journalstore store meanwhile
+            self._load_journal()
+            return True
+        try:
+            st = self._disk.stat(os.path.join(self.path, snap.IMAGES_JSON))
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        if stamp == self._legacy_stamp:
+            return False
+        self._load_legacy()
+        return True
+
+    # ================================================================== applying records
+
+    def _catch_up(self) -> bool:
+        """Apply records other writers appended; True if there were any."""
+        cursor = self._cursor
+        if cursor is None:
+            return self._refresh_legacy()
+        if not cursor.changed():
+            return False
+        applied = False
+        segment = cursor.segment
+        for rec in cursor.poll():
+            if cursor.segment != segment:
+                segment = cursor.segment
+                self._segment_events = 0
+            self._apply_record(rec)
+            applied = True
+        if cursor.segment != segment:
+            self._segment_events = 0
+        return applied
+
+    def _apply_record(self, rec: jn.Record) -> None:
+        state = self._state
+        body = rec.body
+        seq = body.get("seq")
+        records = body.get("events")
+        if seq != state.seq + 1 or not isinstance(records, tuple | list):
+            raise JournalCorrupt(
+                f"segment {rec.segment}: record at offset {rec.offset} has sequence number {seq}, "
+                f"expected {state.seq + 1}",
+                segment=rec.segment,
+                offset=rec.offset,
+            )
+        try:
+            if len(records) == 1:
+                apply(state, records[0])
+            else:
+                state.begin()
+                try:
+                    for event in records:
+                        apply(state, event)
+                except BaseException:
+                    state.rollback()
+                    raise
+                state.commit()
+        except EventError as exc:
+            raise JournalCorrupt(
+                f"segment {rec.segment}: record {seq} at offset {rec.offset} cannot apply: {exc}",
+                segment=rec.segment,
+                offset=rec.offset,
+            ) from None
+        state.seq = seq
+        self._segment_events += len(records)
+
+    # ================================================================== writing
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise StoreIsReadOnly(f"cannot modify the image store at {self.path}: {self._read_only_reason}")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[_Txn]:
+        """One write transaction: lock, catch up, repair, run, commit (or undo everything)."""
+        self._check_writable()
+        with self._mutex:
+            txn = self._txn
+            if txn is not None:  # inside batch(): part of the open transaction
+                yield txn
+                return
+            txn = self._begin()
+            try:
+                yield txn
+                self._commit(txn)
+            except BaseException:
+                self._abort()
+                raise
+            finally:
+                self._end()
+
+    def _mutate(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one mutation as its own transaction (or as part of the open batch)."""
+        self._check_writable()
+        with self._mutex:
+            txn = self._txn
+            if txn is not None:
+                return fn(txn, *args)
+            txn = self._begin()
+            try:
+                result = fn(txn, *args)
+                self._commit(txn)
+            except BaseException:
+                self._abort()
+                raise
+            finally:
+                self._end()
+            return result
+
+    def _acquire(self) -> None:
+        """Take the writers' lock, catch up with the journal and finish any interrupted work."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        assert self._lock is not None
+        self._lock.acquire()
+        try:
+            self._catch_up()
+            self._repair()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the writers' lock, caught up, outside any transaction (compact, gc)."""
+        self._check_writable()
+        with self._mutex:
+            if self._txn is not None:
+                raise StoreError("this operation cannot run inside batch()")
+            self._acquire()
+            try:
+                yield
+            finally:
+                assert self._lock is not None
+                self._lock.release()
+
+    def _begin(self) -> _Txn:
+        self._acquire()
+        txn = self._txn = _Txn()
+        self._state.begin()
+        return txn
+
+    def _end(self) -> None:
+        self._txn = None
+        assert self._lock is not None
+        self._lock.release()
+
+    def _abort(self) -> None:
+        if self._state.in_transaction and not self._state.rollback():
+            self._load_journal()  # an ID deleted and re-created in the batch: rebuild exactly
+
+    def _record_body(self, seq: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "type": jn.COMMIT,
+            "seq": seq,
+            "time": time.time_ns(),
+            "pid": self._pid,
+            "uid": self._uid,
+            "actor": self.actor,
+            "events": events,
+        }
+
+    def _commit(self, txn: _Txn) -> None:
+        state = self._state
+        cursor = self._cursor
+        assert cursor is not None
+        if not txn.events:
+            state.commit()
+            return
+        seq = state.seq + 1
+        payload = jn.pack(self._record_body(seq, txn.events))
+        if len(payload) > jn.MAX_FRAME:
+            raise RecordTooLarge(
+                f"this change would make a journal record of {len(payload)} bytes "
+                f"(the maximum is {jn.MAX_FRAME}); split it into smaller changes"
+            )
+        frame = jn.encode_frame(payload)
+        planned = None
+        before = cursor.offset
+        if txn.writes:
+            files = self._files
+            planned = files.plan(txn.writes)
+            prepare = files.prepare_body(seq, planned)
+            cursor.append(jn.encode_frame(jn.pack(prepare)), sync=False)
+            failpoints.hit("bigdata-after-prepare")
+            try:
+                files.install(seq, planned, sync=self._sync)
+                cursor.append(frame, sync=self._sync)
+            except BaseException:
+                files.undo(seq, prepare["files"])
+                cursor.truncate(before, sync=self._sync)
+                raise
+            failpoints.hit("bigdata-after-commit")
+        else:
+            cursor.append(frame, sync=self._sync)
+        state.seq = seq
+        state.commit()
+        self._segment_events += len(txn.events)
+        if planned is not None:
+            self._files.finish(seq, planned)
+        self._after_commit(txn)
+
+    def _after_commit(self, txn: _Txn) -> None:
+        """Remove what the committed record made garbage, then compact if it is time."""
+        state = self._state
+        if txn.removed:
+            failpoints.hit("delete-after-commit")
+        for image_id in dict.fromkeys(txn.removed):
+            image = state.get(image_id)
+            if image is None:
+                self._files.remove_dir(image_id)
+            else:
+                self._files.remove_stale(image_id, image.big_data_names)
+        for image_id in txn.stale:
+            image = state.get(image_id)
+            if image is not None:
+                self._files.remove_stale(image_id, image.big_data_names)
+        cursor = self._cursor
+        assert cursor is not None
+        if (self.compact_every is not None and self._segment_events >= self.compact_every) or (
+            self.compact_bytes is not None and cursor.offset >= self.compact_bytes
+        ):
+            try:
+                self._compact_locked()
+            except OSError as exc:
+                warnings.warn(f"automatic compaction of {self.path} failed: {exc}", StoreWarning, stacklevel=4)
+
+    def _repair(self) -> None:
+        """Finish what a writer that died left undone (caller holds the lock, has caught up)."""
+        cursor = self._cursor
+        assert cursor is not None
+        if cursor.tail is not None:
+            tail = cursor.tail
+            prepare = cursor.dangling_prepare
+            if prepare is not None:
+                self._files.undo(int(prepare.body.get("seq", 0)), prepare.body.get("files", ()))
+            size = self._disk.size(cursor.fd)
+            if prepare is None or size > prepare.end:
+                self._keep_broken(tail)
+            cursor.cut_tail(sync=self._sync)
+        if cursor.end_record is not None and not self._disk.exists(cursor.path(cursor.segment + 1)):
+            self._finish_rotation(cursor.end_record)
+            self._catch_up()
+        if self._publish_pending:
+            self._publish()
+        if not self._repaired:
+            self._files.clean_staging()
+            self._repaired = True
+        if self._foreign_data is not None:
+            self._merge_foreign()
+        if self._compact_after_import:
+            self._compact_after_import = False
+            self._compact_locked()
+
+    def _keep_broken(self, tail: jn.Tail) -> None:
+        """Keep a copy of bytes about to be cut from the journal (etcd's .broken file)."""
+        cursor = self._cursor
+        assert cursor is not None
+        size = self._disk.size(cursor.fd)
+        data = self._disk.pread(cursor.fd, size - tail.offset, tail.offset)
+        name = f"{jn.segment_name(tail.segment)}.broken-{tail.offset}"
+        self._disk.write_file(os.path.join(self._journal_dir, name), data, sync=self._sync)
+        warnings.warn(
+            f"cut {len(data)} bytes of an unfinished record from segment {tail.segment} at offset "
+            f"{tail.offset} ({tail.reason}); a copy is in {name}",
+            StoreWarning,
+            stacklevel=6,
+        )
+
+    def _after_fork(self) -> None:
+        """A child process must not share the parent's lock and journal descriptors."""
+        self._pid = os.getpid()
+        if self._lock is not None:
+            self._lock = WriterLock(self._disk, self._lock.path, self._lock.timeout)
+        self._load_journal()
+
+    # ================================================================== snapshots
+
+    def _compact_locked(self) -> None:
+        """Write a snapshot of the state, close the segment and start the next one."""
+        cursor = self._cursor
+        assert cursor is not None
+        disk = self._disk
+        segment = cursor.segment + 1
+        data = snap.encode(self._state)
+        archive = snap.archive_name(segment)
+        digest = snap.snapshot_digest(data)
+        reference = {"file": archive, "xxh3": digest, "size": len(data)}
+        archive_path = os.path.join(self._journal_dir, archive)
+        tmp = archive_path + ".tmp"
+        disk.write_file(tmp, data, sync=self._sync)
+        failpoints.hit("snapshot-before-rename")
+        disk.rename(tmp, archive_path)
+        if self._sync:
+            disk.fsync_dir(self._journal_dir)
+        failpoints.hit("snapshot-after-archive")
+        self._write_twin(segment, self._state, digest, len(data))
+        end = {"type": jn.END, "seq": self._state.seq, "next": segment, "snapshot": reference}
+        cursor.append(jn.encode_frame(jn.pack(end)), sync=self._sync)
+        failpoints.hit("compact-after-end-marker")
+        self._create_segment(segment, self._state.seq, reference)
+        failpoints.hit("compact-after-segment")
+        cursor.rotate(segment)
+        self._segment_events = 0
+        failpoints.hit("compact-before-publish")
+        self._publish()
+        failpoints.hit("compact-after-publish")
+
+    def _finish_rotation(self, end: jn.Record) -> None:
+        """Create the segment an end marker announces (its compaction died before doing so)."""
+        reference = end.body.get("snapshot")
+        if not isinstance(reference, Mapping):
+            raise JournalCorrupt(
+                f"segment {end.segment}: end marker at offset {end.offset} names no snapshot",
+                segment=end.segment,
+                offset=end.offset,
+            )
+        self._create_segment(int(end.body["next"]), int(end.body["seq"]), dict(reference))
+        self._publish_pending = True
+
+    def _publish(self) -> None:
+        """Make images.json the snapshot the current segment starts from (a hard link)."""
+        cursor = self._cursor
+        assert cursor is not None
+        reference = cursor.header.get("snapshot")
+        if not reference:
+            self._publish_pending = False
+            return
+        archive = os.path.join(self._journal_dir, str(reference["file"]))
+        images_json = os.path.join(self.path, snap.IMAGES_JSON)
+        tmp = os.path.join(self._journal_dir, ".images.json.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            self._disk.unlink(tmp)
+        try:
+            self._disk.link(archive, tmp)
+        except OSError:
+            self._disk.write_file(tmp, self._disk.read_file(archive), sync=self._sync)
+        self._disk.rename(tmp, images_json)
+        if self._sync:
+            self._disk.fsync_dir(self.path)
+            self._disk.fsync_dir(self._journal_dir)
+        self._publish_pending = False
+
+    def _merge_foreign(self) -> None:
+        """Placeholder until foreign rewrites are merged: keep the journal's state, warn."""
+        warnings.warn(
+            f"{self.path}/images.json was rewritten by another program; its changes are ignored",
+            StoreWarning,
+            stacklevel=6,
+        )
+        self._foreign_data = None
+        self._publish()
+
+    # ================================================================== reads
+
+    def _fresh(self) -> State:
+        """The state, caught up with other writers (one fstat when nothing changed)."""
+        if self._txn is None:
+            self._catch_up()
+        return self._state
+
+    def _find(self, state: State, ref: str) -> Image:
+        image = state.lookup(ref)
+        if image is None:
+            if not isinstance(ref, str):
+                raise TypeError(f"image reference must be a string, not {type(ref).__name__}")
+            if len(state.prefix_matches(ref)) > 1:
+                raise ImageUnknown(f"image reference {ref!r} is ambiguous: several image IDs start with it")
+            raise ImageUnknown(f"image {ref!r} not known")
+        return image
+
+    def refresh(self) -> bool:
+        """Apply records other processes appended; True if there were any."""
+        with self._mutex:
+            if self._txn is not None:
+                return False
+            return self._catch_up()
+
+    def get(self, ref: str) -> Image:
+        """The image with this ID, name or unique ID prefix; ImageUnknown otherwise."""
+        check_ref(ref)
+        with self._mutex:
+            return self._find(self._fresh(), ref)
+
+    def exists(self, ref: str) -> bool:
+        """Whether an image has this ID, name or unique ID prefix."""
+        check_ref(ref)
+        with self._mutex:
+            return self._fresh().lookup(ref) is not None
+
+    def __contains__(self, ref: object) -> bool:
+        return isinstance(ref, str) and self.exists(ref)
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return len(self._fresh())
+
+    def images(self) -> list[Image]:
+        """Every image, in creation order (images.json order for an imported store)."""
+        with self._mutex:
+            return list(self._fresh())
+
+    def by_digest(self, digest: str) -> list[Image]:
+        """Images whose digest or a manifest's digest is `digest` ([] if none or malformed)."""
+        if not isinstance(digest, str):
+            raise TypeError(f"digest must be a string, not {type(digest).__name__}")
+        with self._mutex:
+            state = self._fresh()
+            ids = state.by_digest.get(digest, ())
+            found = [state.get(i) for i in ids]
+            return [image for image in found if image is not None]
+
+    def metadata(self, ref: str) -> str:
+        """The image's metadata string."""
+        return self.get(ref).metadata
+
+    def big_data_names(self, ref: str) -> list[str]:
+        """Keys of the image's big-data items, in the order they were first set."""
+        return list(self.get(ref).big_data_names)
+
+    def big_data(self, ref: str, key: str) -> bytes:
+        """The bytes of a big-data item."""
+        if not isinstance(key, str):
+            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
+        if not key:
+            raise InvalidBigDataName("big-data key is empty")
+        with self._mutex:
+            image = self._find(self._fresh(), ref)
+            if key not in image.big_data_sizes and key not in image.big_data_names:
+                raise BigDataUnknown(f"image {image.id} has no big-data item {key!r}")
+            txn = self._txn
+            if txn is not None:
+                pending = txn.pending.get((image.id, key))
+                if pending is not None:
+                    return pending
+            try:
+                return self._files.read(image.id, key)
+            except FileNotFoundError:
+                pass
+            # Deleted by another process since our last look? Look again.
+            image = self._find(self._fresh(), image.id)
+            if key not in image.big_data_names:
+                raise BigDataUnknown(f"image {image.id} has no big-data item {key!r}") from None
+            try:
+                return self._files.read(image.id, key)
+            except FileNotFoundError:
+                raise BigDataUnknown(
+                    f"the file of big-data item {key!r} of image {image.id} is missing from disk"
+                ) from None
+
+    def big_data_size(self, ref: str, key: str) -> int:
+        """The recorded size of a big-data item (or the length of its data)."""
+        if not isinstance(key, str):
+            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
+        if not key:
+            raise InvalidBigDataName("big-data key is empty")
+        image = self.get(ref)
+        size = image.big_data_sizes.get(key)
+        if size is not None:
+            return size
+        try:
+            return len(self.big_data(image.id, key))
+        except BigDataUnknown:
+            raise SizeUnknown(f"size of big-data item {key!r} of image {image.id} is not known") from None
+
+    def big_data_digest(self, ref: str, key: str) -> str:
+        """The recorded digest of a big-data item."""
+        if not isinstance(key, str):
+            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
+        if not key:
+            raise InvalidBigDataName("big-data key is empty")
+        image = self.get(ref)
+        digest = image.big_data_digests.get(key)
+        if digest is None:
+            raise DigestUnknown(f"digest of big-data item {key!r} of image {image.id} is not known")
+        return digest
+
+    @property
+    def position(self) -> jn.Position:
+        """(segment, offset) of the journal this instance has applied up to."""
+        with self._mutex:
+            cursor = self._cursor
+            return jn.Position(0, 0) if cursor is None else cursor.position
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last record applied."""
+        return self._state.seq
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    # ================================================================== writes
+
+    def create(
+        self,
+        id: str | None = None,
+        names: Iterable[str] = (),
+        layer: str = "",
+        *,
+        digest: str = "",
+        digests: Iterable[str] = (),
+        metadata: str = "",
+        created: datetime | int | None = None,
+        names_history: Iterable[str] = (),
+        flags: Mapping[str, Any] | None = None,
+        big_data: Iterable[Sequence[Any]] = (),
+    ) -> Image:
+        """Create an image, with its big-data items, atomically; returns the new record.
+
+        `id=None` generates a random ID. `created` is a datetime (naive means UTC) or
+        nanoseconds since the epoch; None means now. `big_data` items are (key, data) or
+        (key, data, digest). `digests` is accepted for compatibility and ignored, as in Go:
+        the digests are always derived.
+        """
+        self._check_writable()
+        image_id = None if id is None else check_id(id)
+        name_list = tuple(dict.fromkeys(check_names(names)))
+        layer = check_str(layer, "layer")
+        if digest:
+            check_digest(digest)
+        elif not isinstance(digest, str):
+            raise TypeError(f"digest must be a string, not {type(digest).__name__}")
+        for d in check_names(digests, "digests") if digests else ():
+            check_digest(d, "digests entry")
+        metadata = check_str(metadata, "metadata")
+        created_ns, offset = self._created(created)
+        history = check_names(names_history, "names_history")
+        flag_map = check_flags(flags)
+        items: list[tuple[str, bytes, str]] = []
+        if isinstance(big_data, str | bytes) or not isinstance(big_data, Iterable):
+            raise TypeError("big_data must be a list of (key, data) or (key, data, digest) items")
+        for item in big_data:
+            if not isinstance(item, Sequence) or isinstance(item, str | bytes) or len(item) not in (2, 3):
+                raise TypeError("each big_data item must be (key, data) or (key, data, digest)")
+            key = check_key(item[0])
+            data = check_bytes(item[1], f"data of big-data item {key!r}")
+            if len(item) == 3 and item[2]:
+                item_digest = check_digest(item[2], f"digest of big-data item {key!r}")
+            else:
+                item_digest = sha256_digest(data)
+            items.append((key, data, item_digest))
+        return self._mutate(
+            self._create, image_id, name_list, layer, digest, metadata, created_ns, offset, history, flag_map, items
+        )
+
+    @staticmethod
+    def _created(created: datetime | int | None) -> tuple[int, int]:
+        if created is None:
+            return time.time_ns(), 0
+        if isinstance(created, datetime):
+            return time_from_datetime(created)
+        if isinstance(created, int) and not isinstance(created, bool):
+            return created, 0
+        raise TypeError(f"created must be a datetime or nanoseconds, not {type(created).__name__}")
+
+    def _create(
+        self,
+        txn: _Txn,
+        image_id: str | None,
+        names: tuple[str, ...],
+        layer: str,
+        digest: str,
+        metadata: str,
+        created_ns: int,
+        offset: int,
+        history: tuple[str, ...],
+        flags: dict[str, Any],
+        items: list[tuple[str, bytes, str]],
+    ) -> Image:
+        state = self._state
+        if image_id is None:
+            image_id = self._new_id(state)
+        elif state.get(image_id) is not None:
+            raise DuplicateID(f"an image with ID {image_id} already exists")
+        elif self._disk.exists(self._files.dir(image_id)):
+            txn.stale.append(image_id)
+        for name in names:
+            holder = state.by_name.get(name)
+            if holder is not None:
+                raise DuplicateName(f"name {name!r} is already used by image {holder}")
+        event = ev.create(image_id, created_ns, offset, names, history, layer, digest, metadata, flags)
+        self._emit(txn, dict(event))
+        for key, data, item_digest in items:
+            self._emit(txn, dict(ev.set_big_data(image_id, key, len(data), item_digest)))
+            txn.writes.append(Write(image_id, key, data))
+            txn.pending[(image_id, key)] = data
+        image = state.get(image_id)
+        assert image is not None
+        return image
+
+    @staticmethod
+    def _new_id(state: State) -> str:
+        while True:
+            candidate = os.urandom(32).hex()
+            if not candidate[:12].isdigit() and state.get(candidate) is None:
+                return candidate
+
+    def _emit(self, txn: _Txn, event: dict[str, Any]) -> None:
+        """Apply an event to the state (undoable) and queue it for the transaction's record."""
+        apply(self._state, event)
+        txn.events.append(event)
+
+    def _names_op(self, op: NameOp, ref: str, names: Iterable[str]) -> None:
+        check_ref(ref)
+        values = check_names(names)
+        self._mutate(self._names_locked, op, ref, values)
+
+    def _names_locked(self, txn: _Txn, op: NameOp, ref: str, values: tuple[str, ...]) -> None:
+        image = self._find(self._state, ref)
+        self._emit(txn, dict(ev.names(op, image.id, values)))
+
+    def set_names(self, ref: str, names: Iterable[str]) -> None:
+        """Replace the image's names; a name another image holds moves to this one."""
+        self._names_op(ev.SET_NAMES, ref, names)
+
+    def add_names(self, ref: str, names: Iterable[str]) -> None:
+        """Add names in front of the image's names; a name another image holds moves here."""
+        self._names_op(ev.ADD_NAMES, ref, names)
+
+    def remove_names(self, ref: str, names: Iterable[str]) -> None:
+        """Remove names from the image."""
+        self._names_op(ev.REMOVE_NAMES, ref, names)
+
+    def delete(self, ref: str) -> None:
+        """Delete the image's record, then its data directory."""
+        check_ref(ref)
+        self._mutate(self._delete_locked, ref)
+
+    def _delete_locked(self, txn: _Txn, ref: str) -> None:
+        image = self._find(self._state, ref)
+        self._emit(txn, dict(ev.delete(image.id)))
+        txn.removed.append(image.id)
+        for key in image.big_data_names:
+            txn.pending.pop((image.id, key), None)
+
+    def wipe(self) -> None:
+        """Delete every image (one record)."""
+        self._mutate(self._wipe_locked)
+
+    def _wipe_locked(self, txn: _Txn) -> None:
+        for image in list(self._state):
+            self._delete_locked(txn, image.id)
+
+    def set_metadata(self, ref: str, metadata: str) -> None:
+        """Replace the image's metadata string."""
+        check_ref(ref)
+        metadata = check_str(metadata, "metadata")
+        self._mutate(self._simple, ref, lambda image_id: ev.set_metadata(image_id, metadata))
+
+    def set_flag(self, ref: str, key: str, value: Any) -> None:
+        """Set a flag; the value must be representable in JSON and msgpack."""
+        check_ref(ref)
+        check_flag_key(key)
+        check_flag_value(value, repr(key))
+        self._mutate(self._simple, ref, lambda image_id: ev.set_flag(image_id, key, value))
+
+    def clear_flag(self, ref: str, key: str) -> None:
+        """Remove a flag (no error if it is not set)."""
+        check_ref(ref)
+        check_flag_key(key)
+        self._mutate(self._simple, ref, lambda image_id: ev.clear_flag(image_id, key))
+
+    def add_mapped_top_layer(self, ref: str, layer: str) -> None:
+        """Append an alternate top layer."""
+        check_ref(ref)
+        layer = check_str(layer, "layer")
+        self._mutate(self._simple, ref, lambda image_id: ev.mapped_layer(ev.ADD_MAPPED_LAYER, image_id, layer))
+
+    def remove_mapped_top_layer(self, ref: str, layer: str) -> None:
+        """Remove an alternate top layer (matched case-insensitively, as Go does)."""
+        check_ref(ref)
+        layer = check_str(layer, "layer")
+        self._mutate(self._remove_mapped_locked, ref, layer)
+
+    def _remove_mapped_locked(self, txn: _Txn, ref: str, layer: str) -> None:
+        image = self._find(self._state, ref)
+        lowered = layer.lower()
+        if any(x == layer or (len(x) == len(layer) and x.lower() == lowered) for x in image.mapped_top_layers):
+            self._emit(txn, dict(ev.mapped_layer(ev.REMOVE_MAPPED_LAYER, image.id, layer)))
+
+    def _simple(self, txn: _Txn, ref: str, make: Callable[[str], Mapping[str, Any]]) -> None:
+        """A one-event mutation of an existing image."""
+        image = self._find(self._state, ref)
+        self._emit(txn, dict(make(image.id)))
+
+    def set_big_data(
+        self,
+        ref: str,
+        key: str,
+        data: bytes,
+        digest_manifest: Callable[[bytes], str] | None = None,
+    ) -> None:
+        """Store `data` under `key`; a manifest key's digest also identifies the image."""
+        check_ref(ref)
+        key = check_key(key)
+        data = check_bytes(data)
+        if key.startswith("manifest") and digest_manifest is not None:
+            digest = digest_manifest(data)
+            check_digest(digest, f"manifest digest of {key!r}")
+        else:
+            digest = sha256_digest(data)
+        self._mutate(self._set_big_data_locked, ref, key, data, digest)
+
+    def _set_big_data_locked(self, txn: _Txn, ref: str, key: str, data: bytes, digest: str) -> None:
+        image = self._find(self._state, ref)
+        self._emit(txn, dict(ev.set_big_data(image.id, key, len(data), digest)))
+        txn.writes.append(Write(image.id, key, data))
+        txn.pending[(image.id, key)] = data
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[ImageStore]:
+        """Group mutations into one record, one lock hold and one fsync; all or nothing.
+
+        Reads inside the block see the pending changes; other instances see nothing until the
+        block ends. An exception inside the block appends nothing and changes no file.
+        """
+        with self._writing():
+            yield self
+
+    def garbage_collect(self) -> list[str]:
+        """Remove image directories (64-hex names) that no image owns; returns their names."""
+        removed: list[str] = []
+        with self._locked():
+            state = self._state
+            for name in sorted(self._disk.listdir(self.path)):
+                path = os.path.join(self.path, name)
+                if _is_hex_id(name) and state.images.get(name) is None and self._disk.is_dir(path):
+                    self._disk.rmtree(path)
+                    removed.append(name)
+            self._files.clean_staging()
+        return removed
+
+    def compact(self) -> None:
+        """Write images.json now and start a new journal segment."""
+        with self._locked():
+            self._compact_locked()
+
+    # ================================================================== lifetime
+
+    def close(self) -> None:
+        """Release the journal and lock descriptors."""
+        with self._mutex:
+            if self._cursor is not None:
+                self._cursor.close()
+                self._cursor = None
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+            self._read_only = True
+            self._read_only_reason = "the store was closed"
+
+    def __enter__(self) -> ImageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self._read_only else "read-write"
+        return f"<ImageStore {self.path} {mode} seq={self._state.seq} images={self._state.count}>"
+

@@ -1,0 +1,37 @@
+"""Shared fixtures: temporary stores and the containers/storage golden fixture."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from journalstore import ImageStore
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = Path(os.environ.get("JOURNALSTORE_FIXTURE", ROOT.parent / "shared" / "fixtures" / "containers-storage"))
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(store_dir: Path) -> Iterator[ImageStore]:
+    s = ImageStore(store_dir, fsync="never")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def fixture_copy(tmp_path: Path) -> Path:
+    """A writable copy of the directory containers/storage wrote."""
+    if not FIXTURE.exists():
+        pytest.skip(f"golden fixture not found at {FIXTURE}")
+    dst = tmp_path / "cs-store"
+    shutil.copytree(FIXTURE / "store", dst)
+    return dst
