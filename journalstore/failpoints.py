@@ -35,16 +35,23 @@ NAMES = (
 )
 
 
+def fires(name: str) -> bool:
+    """Whether `name` is the armed failpoint and its skip count is used up (counts this hit)."""
+    global _COUNTDOWN
+    if _ACTIVE is None or name != _ACTIVE:
+        return False
+    if _COUNTDOWN > 0:
+        _COUNTDOWN -= 1
+        return False
+    return True
+
+
+def die() -> None:
+    """Kill this process the way a crash would: no cleanup, no flush."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def hit(name: str) -> None:
     """Die with SIGKILL if `name` is the armed failpoint (after skipping SKIP earlier hits)."""
-    global _COUNTDOWN
-    if _ACTIVE is not None and name == _ACTIVE:
-        if _COUNTDOWN > 0:
-            _COUNTDOWN -= 1
-            return
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def armed(name: str) -> bool:
-    """Whether `name` would fire now (lets a writer tear a record before dying)."""
-    return _ACTIVE is not None and name == _ACTIVE and _COUNTDOWN == 0
+    if _ACTIVE is not None and fires(name):
+        die()

@@ -257,6 +257,12 @@ class Cursor:
         self.dangling_prepare = None
         self.end_record = None
 
+    def rewind(self, record: Record) -> None:
+        """Step back before a record the caller could not apply, so it is read again."""
+        if record.segment == self.segment:
+            self.offset = record.offset
+            self.seen_size = -1
+
     def rotate(self, segment: int) -> None:
         """Move to the next segment this writer has just created after its end marker."""
         self._open(segment)
@@ -383,9 +389,9 @@ class Cursor:
         disk = self.disk
         before = self.offset
         failpoints.hit("append-before-write")
-        if failpoints.armed("append-torn-write"):
+        if failpoints.fires("append-torn-write"):
             disk.write(self.fd, frame[: max(1, len(frame) // 2)])
-            failpoints.hit("append-torn-write")
+            failpoints.die()
         try:
             disk.write(self.fd, frame)
             failpoints.hit("append-before-sync")

@@ -409,7 +409,11 @@ class ImageStore:
             if cursor.segment != segment:
                 segment = cursor.segment
                 self._segment_events = 0
-            self._apply_record(rec)
+            try:
+                self._apply_record(rec)
+            except BaseException:
+                cursor.rewind(rec)  # never step over a record that did not apply
+                raise
             applied = True
         if cursor.segment != segment:
             self._segment_events = 0
