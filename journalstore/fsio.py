@@ -42,6 +42,16 @@ class Disk:
             offset += len(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        """Write `data` at `offset` without moving the file position."""
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            if written <= 0:
+                raise OSError(errno.EIO, "short write")
+            view = view[written:]
+            offset += written
+
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 

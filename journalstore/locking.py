@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 import threading
 import time
 
@@ -69,6 +70,17 @@ class WriterLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._mutex.release()
+
+    def record_write(self) -> None:
+        """Change the lock file's "last writer" bytes, as containers/storage's RecordWrite does.
+
+        Go readers notice a new images.json only when these 64 bytes change; call this (holding
+        the lock) before publishing a snapshot. Layout as Go's lockfile: time, counter, pid, random.
+        """
+        old = self._disk.pread(self._fd, 64, 0)
+        counter = int.from_bytes(old[8:16], "little") + 1 if len(old) >= 16 else 1
+        data = struct.pack("<QQI", time.time_ns(), counter & 0xFFFFFFFFFFFFFFFF, os.getpid() & 0xFFFFFFFF)
+        self._disk.pwrite(self._fd, data + os.urandom(64 - len(data)), 0)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -54,7 +54,7 @@ class State:
     def __init__(self, read_only: bool = False) -> None:
         self.images: dict[str, Image | None] = {}
         self.by_name: dict[str, str] = {}
-        self.by_digest: dict[str, list[str]] = {}
+        self.by_digest: dict[str, str | dict[str, None]] = {}
         self._prefix: PrefixIndex | None = None
         self.count = 0
         self.seq = 0
@@ -168,31 +168,62 @@ class State:
         else:
             self.by_name[name] = image_id
 
+    # by_digest maps a digest to the one image ID that has it (the common case, no container
+    # object) or to an insertion-ordered dict of IDs when several images share it.
+
+    def digest_ids(self, digest: str) -> tuple[str, ...]:
+        """IDs of the images with this digest, in the order they were added (Go's ByDigest)."""
+        found = self.by_digest.get(digest)
+        if found is None:
+            return ()
+        if isinstance(found, str):
+            return (found,)
+        return tuple(found)
+
     def add_digest(self, digest: str, image_id: str) -> None:
-        """Append the image to the digest's list unless it is there already."""
-        lst = self.by_digest.get(digest)
-        if lst is None:
-            self._log(self._restore_digest, digest, None)
-            self.by_digest[digest] = [image_id]
-        elif image_id not in lst:
-            self._log(self._restore_digest, digest, list(lst))
-            lst.append(image_id)
+        """Add the image at the end of the digest's list unless it is there already."""
+        by_digest = self.by_digest
+        found = by_digest.get(digest)
+        if found is None:
+            by_digest[digest] = image_id
+            self._log(self._set_digest, digest, None)
+        elif isinstance(found, str):
+            if found != image_id:
+                by_digest[digest] = {found: None, image_id: None}
+                self._log(self._set_digest, digest, found)
+        elif image_id not in found:
+            found[image_id] = None
+            self._log(self._unadd_digest, digest, image_id)
 
     def drop_digest(self, digest: str, image_id: str) -> None:
-        lst = self.by_digest.get(digest)
-        if lst is None or image_id not in lst:
+        by_digest = self.by_digest
+        found = by_digest.get(digest)
+        if found is None:
             return
-        self._log(self._restore_digest, digest, list(lst))
-        if len(lst) == 1:
-            del self.by_digest[digest]
-        else:
-            lst.remove(image_id)
+        if isinstance(found, str):
+            if found == image_id:
+                del by_digest[digest]
+                self._log(self._set_digest, digest, found)
+        elif image_id in found:
+            del found[image_id]
+            if len(found) == 1:
+                by_digest[digest] = next(iter(found))
+            if self._undo is not None:
+                # Undoing this cannot put the ID back in its place in the order: reload instead.
+                self._reorder_lost = True
 
-    def _restore_digest(self, digest: str, lst: list[str] | None) -> None:
-        if lst is None:
+    def _set_digest(self, digest: str, value: str | None) -> None:
+        if value is None:
             self.by_digest.pop(digest, None)
         else:
-            self.by_digest[digest] = lst
+            self.by_digest[digest] = value
+
+    def _unadd_digest(self, digest: str, image_id: str) -> None:
+        found = self.by_digest[digest]
+        assert isinstance(found, dict)
+        del found[image_id]
+        if len(found) == 1:
+            self.by_digest[digest] = next(iter(found))
 
     # ------------------------------------------------------------------ transactions
 
@@ -250,11 +281,13 @@ class State:
                     self.strip_name(holder, name)
                 by_name[name] = image_id
             for digest in image.digests:
-                lst = by_digest.get(digest)
-                if lst is None:
-                    by_digest[digest] = [image_id]
+                found = by_digest.get(digest)
+                if found is None:
+                    by_digest[digest] = image_id
+                elif isinstance(found, str):
+                    by_digest[digest] = {found: None, image_id: None}
                 else:
-                    lst.append(image_id)
+                    found[image_id] = None
         self.count = len(records)
         return dropped
 

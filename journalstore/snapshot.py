@@ -20,7 +20,7 @@ import xxhash
 
 from .errors import SnapshotMismatch
 from .fsio import Disk
-from .record import EMPTY_MAP, Image, derive_digests, format_go_time, freeze, image_from_json
+from .record import EMPTY_MAP, JSON_KEYS, Image, derive_digests, format_go_time, freeze, image_from_json
 
 IMAGES_JSON = "images.json"
 
@@ -296,3 +296,47 @@ def decode_twin(data: bytes, json_digest: str, read_only: bool) -> list[Image] |
     except (TypeError, ValueError, KeyError):
         return None
     return out
+
+
+# --------------------------------------------------------------------------- foreign rewrites
+
+
+def merge_events(
+    base: Iterable[Image], theirs: Iterable[Image], ours: Mapping[str, Image], source: str
+) -> list[dict[str, Any]]:
+    """Events that bring `ours` up to another program's rewrite of images.json (three-way).
+
+    `base` is the snapshot both started from, `theirs` what the other program wrote, `ours` the
+    journal's current records by ID. A field the other program changed takes its value; fields
+    it left alone keep ours. An image it added is added (or replaces ours of the same ID); an
+    image it removed is deleted; an image it changed that we deleted stays deleted.
+    """
+    base_docs = {image.id: image.to_json() for image in base}
+    their_docs = {image.id: image.to_json() for image in theirs}
+    added = [i for i in their_docs if i not in base_docs]
+    removed = [i for i in base_docs if i not in their_docs]
+    changed = [i for i, doc in their_docs.items() if i in base_docs and doc != base_docs[i]]
+    events: list[dict[str, Any]] = [
+        {"op": "external-rewrite", "source": source, "added": added, "changed": changed, "removed": removed}
+    ]
+    for image_id in added:
+        events.append({"op": "put-image", "id": image_id, "image": their_docs[image_id]})
+    for image_id in changed:
+        mine = ours.get(image_id)
+        if mine is None:
+            continue  # we deleted it since the snapshot: our delete stands
+        merged = mine.to_json()
+        before, after = base_docs[image_id], their_docs[image_id]
+        for key in JSON_KEYS:
+            if before.get(key) != after.get(key):
+                if key in after:
+                    merged[key] = after[key]
+                else:
+                    merged.pop(key, None)
+        ordered = {key: merged[key] for key in JSON_KEYS if key in merged}
+        if ordered != mine.to_json():
+            events.append({"op": "put-image", "id": image_id, "image": ordered})
+    for image_id in removed:
+        if image_id in ours:
+            events.append({"op": "delete", "id": image_id})
+    return events

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from . import events as ev
-from . import failpoints
+from . import failpoints, replay
 from . import journal as jn
 from . import snapshot as snap
 from .bigdata import BigDataFiles, Write, check_key, sha256_digest
@@ -41,7 +41,7 @@ from .errors import (
 from .fsio import DEFAULT_DISK, Disk
 from .locking import WriterLock
 from .record import Image, time_from_datetime
-from .reducer import EventError, State, apply
+from .reducer import State, apply
 from .validation import (
     check_bytes,
     check_digest,
@@ -75,11 +75,20 @@ class _Txn:
     __slots__ = ("events", "pending", "removed", "stale", "writes")
 
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Mapping[str, Any]] = []
         self.writes: list[Write] = []
         self.pending: dict[tuple[str, str], bytes] = {}  # big data not yet on disk, for reads
         self.removed: list[str] = []  # images deleted: their directories go after the commit
         self.stale: list[str] = []  # explicit IDs created over a leftover directory
+
+
+def _journal_file_segment(name: str) -> int | None:
+    """The segment a journal-directory file belongs to (segment, its .broken copies, its snapshot)."""
+    head = name.split(".", 1)[0]
+    for prefix in ("segment-", "snapshot-"):
+        if head.startswith(prefix) and head[len(prefix) :].isdigit():
+            return int(head[len(prefix) :])
+    return None
 
 
 def _is_hex_id(name: str) -> bool:
@@ -102,6 +111,8 @@ class ImageStore:
         compact_every: int | None = DEFAULT_COMPACT_EVERY,
         compact_bytes: int | None = DEFAULT_COMPACT_BYTES,
         lock_timeout: float | None = None,
+        keep_segments: int | None = None,
+        keep_age: float | None = None,
         disk: Disk | None = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
@@ -113,11 +124,16 @@ class ImageStore:
         for name, value in (("compact_every", compact_every), ("compact_bytes", compact_bytes)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+        for name, limit in (("keep_segments", keep_segments), ("keep_age", keep_age)):
+            if limit is not None and (not isinstance(limit, int | float) or limit < 0):
+                raise ValueError(f"{name} must be a non-negative number or None, not {limit!r}")
         self.path = os.path.abspath(os.fspath(path))
         self.fsync: FsyncMode = fsync
         self.actor = actor
         self.compact_every = compact_every
         self.compact_bytes = compact_bytes
+        self.keep_segments = keep_segments
+        self.keep_age = keep_age
         self._sync = fsync == "always"
         self._disk = disk or DEFAULT_DISK
         self._journal_dir = os.path.join(self.path, JOURNAL_DIR)
@@ -130,11 +146,12 @@ class ImageStore:
         self._cursor: jn.Cursor | None = None
         self._legacy_stamp: tuple[int, int, int] | None = None
         self._segment_events = 0
-        self._repaired = False
+        self._repaired = False  # staging not yet cleaned by this instance
+        self._needs_repair = True  # recovery work may be pending: look before the next write
         self._publish_pending = False
         self._foreign_data: bytes | None = None
         self.foreign_rewrite = False
-        self._compact_after_import = False
+        self._compact_soon = False  # a snapshot to (re)write before the next write
         self._read_only = read_only
         self._read_only_reason = "the store was opened read-only"
         self._state = State(read_only)
@@ -223,7 +240,7 @@ class ImageStore:
             finally:
                 cursor.close()
             if import_event["dropped_names"]:
-                self._compact_after_import = True  # give Go readers a file without duplicates
+                self._compact_soon = True  # give Go readers a file without duplicates
 
     def _link_or_copy(self, src: str, dst: str, data: bytes) -> None:
         """Give `src`'s bytes a second name (a hard link where the filesystem allows)."""
@@ -260,34 +277,69 @@ class ImageStore:
             self._disk.fsync_dir(self._journal_dir)
 
     def _load_journal(self) -> None:
-        """Newest segment's snapshot, then replay that segment."""
+        """The newest segment's snapshot, then that segment's records.
+
+        If that snapshot is lost (images.json and its archive both missing or damaged), the
+        state is rebuilt from the nearest older snapshot by replaying the segments after it.
+        """
         disk = self._disk
-        newest = self._segments()[-1]
-        fd = disk.open(os.path.join(self._journal_dir, jn.segment_name(newest)), os.O_RDONLY)
-        try:
-            header, _ = jn.read_segment_header(disk, fd, newest)
-        finally:
-            disk.close(fd)
-        state = State(self._read_only)
-        reference = header.get("snapshot")
+        segs = self._segments()
+        newest = segs[-1]
+        meta = replay.header(disk, self._journal_dir, newest)
+        reference = meta.get("snapshot")
+        state: State | None = None
+        start = newest
         if reference:
-            state.load(self._snapshot_records(newest, reference))
-        state.seq = int(header.get("base_seq", 0))
+            data = self._base_snapshot(newest, reference)
+            if data is not None:
+                state = State(self._read_only)
+                state.load(replay.snapshot_records(disk, self._journal_dir, newest, reference, data, self._read_only))
+        else:
+            reference = {}
+            state = State(self._read_only)
+            self._check_unexpected_images_json()
+        if state is None:
+            found = replay.nearest_base(disk, self._journal_dir, int(meta.get("base_seq", 0)), self._read_only)
+            if found is None:
+                raise SnapshotMismatch(
+                    f"the snapshot segment {newest} starts from ({reference.get('file')}, xxh3 "
+                    f"{reference.get('xxh3')}) is missing or damaged, in images.json and in journal/, "
+                    "and no older segment remains to rebuild it from"
+                )
+            start, state = found
+            warnings.warn(
+                f"{self.path}: the snapshot of segment {newest} is damaged; rebuilt the state by replaying "
+                f"the journal from segment {start}",
+                StoreWarning,
+                stacklevel=4,
+            )
+            self._compact_soon = True
+        else:
+            state.seq = int(meta.get("base_seq", 0))
         self._state = state
         self._segment_events = 0
-        self._cursor = jn.Cursor(disk, self._journal_dir, newest, writable=not self._read_only)
+        if self._cursor is not None:
+            self._cursor.close()
+        self._cursor = jn.Cursor(disk, self._journal_dir, start, writable=not self._read_only)
+        self._needs_repair = True
         self._catch_up()
 
-    def _snapshot_records(self, segment: int, reference: Mapping[str, Any]) -> list[Image]:
-        """The records of the snapshot a segment starts from (its binary twin when valid)."""
-        data = self._base_snapshot(segment, reference)
-        with contextlib.suppress(OSError):
-            twin = self._disk.read_file(os.path.join(self._journal_dir, snap.twin_name(segment)))
-            records = snap.decode_twin(twin, str(reference.get("xxh3")), self._read_only)
-            if records is not None:
-                return records
-        source = os.path.join(self._journal_dir, str(reference.get("file")))
-        return snap.images_from_docs(snap.decode(data, source), source, self._read_only)
+    def _check_unexpected_images_json(self) -> None:
+        """A store never compacted has no images.json of ours: one there was written by another program."""
+        images_json = os.path.join(self.path, snap.IMAGES_JSON)
+        with contextlib.suppress(FileNotFoundError):
+            self._note_foreign(self._disk.read_file(images_json))
+
+    def _note_foreign(self, data: bytes) -> None:
+        self.foreign_rewrite = True
+        self._foreign_data = data
+        if self._read_only:
+            warnings.warn(
+                f"{self.path}/images.json was rewritten by another program after the last snapshot; "
+                "showing the journal's state. Open the store read-write to merge its changes.",
+                StoreWarning,
+                stacklevel=6,
+            )
 
     def _write_twin(self, segment: int, records: Iterable[Image], digest: str, size: int) -> None:
         """Best effort: a missing or torn twin only makes the next cold open parse JSON."""
@@ -298,43 +350,27 @@ class ImageStore:
         except OSError as exc:
             warnings.warn(f"could not write {path}: {exc}", StoreWarning, stacklevel=4)
 
-    def _base_snapshot(self, segment: int, reference: Mapping[str, Any]) -> bytes:
-        """The bytes of the snapshot a segment starts from: images.json, or its archived copy.
+    def _base_snapshot(self, segment: int, reference: Mapping[str, Any]) -> bytes | None:
+        """The verified bytes of the snapshot a segment starts from: images.json or its archive.
 
-        Notes whether images.json must be published again (a compaction stopped before it)
-        or was rewritten by another program.
+        Notes whether images.json must be published again (a compaction stopped before it) or
+        was rewritten by another program. None when neither copy is intact.
         """
-        disk = self._disk
         want = reference.get("xxh3")
         images_json = os.path.join(self.path, snap.IMAGES_JSON)
         current: bytes | None = None
         with contextlib.suppress(FileNotFoundError):
-            current = disk.read_file(images_json)
+            current = self._disk.read_file(images_json)
         if current is not None and snap.snapshot_digest(current) == want:
             self._publish_pending = False
             return current
-        archive = os.path.join(self._journal_dir, str(reference.get("file")))
-        try:
-            data = disk.read_file(archive)
-        except FileNotFoundError:
-            data = None
-        if data is None or snap.snapshot_digest(data) != want:
-            raise SnapshotMismatch(
-                f"{images_json} does not match the snapshot segment {segment} starts from "
-                f"(xxh3 {want}), and its archived copy {archive} is missing or damaged"
-            )
+        data = replay.archive_bytes(self._disk, self._journal_dir, reference)
         if current is None or self._is_our_snapshot(images_json):
             self._publish_pending = True  # a compaction stopped before publishing images.json
+        elif data is not None:
+            self._note_foreign(current)
         else:
-            self.foreign_rewrite = True
-            self._foreign_data = current
-            if self._read_only:
-                warnings.warn(
-                    f"{images_json} was rewritten by another program after the last snapshot; "
-                    "showing the journal's state. Open the store read-write to merge its changes.",
-                    StoreWarning,
-                    stacklevel=5,
-                )
+            self._publish_pending = True  # damaged in place (it shares its inode with the archive)
         return data
 
     def _is_our_snapshot(self, images_json: str) -> bool:
@@ -420,37 +456,8 @@ class ImageStore:
         return applied
 
     def _apply_record(self, rec: jn.Record) -> None:
-        state = self._state
-        body = rec.body
-        seq = body.get("seq")
-        records = body.get("events")
-        if seq != state.seq + 1 or not isinstance(records, tuple | list):
-            raise JournalCorrupt(
-                f"segment {rec.segment}: record at offset {rec.offset} has sequence number {seq}, "
-                f"expected {state.seq + 1}",
-                segment=rec.segment,
-                offset=rec.offset,
-            )
-        try:
-            if len(records) == 1:
-                apply(state, records[0])
-            else:
-                state.begin()
-                try:
-                    for event in records:
-                        apply(state, event)
-                except BaseException:
-                    state.rollback()
-                    raise
-                state.commit()
-        except EventError as exc:
-            raise JournalCorrupt(
-                f"segment {rec.segment}: record {seq} at offset {rec.offset} cannot apply: {exc}",
-                segment=rec.segment,
-                offset=rec.offset,
-            ) from None
-        state.seq = seq
-        self._segment_events += len(records)
+        replay.apply_record(self._state, rec)
+        self._segment_events += len(rec.body["events"])
 
     # ================================================================== writing
 
@@ -503,7 +510,10 @@ class ImageStore:
         self._lock.acquire()
         try:
             self._catch_up()
-            self._repair()
+            cursor = self._cursor
+            assert cursor is not None
+            if cursor.tail is not None or cursor.end_record is not None or self._needs_repair:
+                self._repair()
         except BaseException:
             self._lock.release()
             raise
@@ -537,7 +547,7 @@ class ImageStore:
         if self._state.in_transaction and not self._state.rollback():
             self._load_journal()  # an ID deleted and re-created in the batch: rebuild exactly
 
-    def _record_body(self, seq: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+    def _record_body(self, seq: int, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return {
             "type": jn.COMMIT,
             "seq": seq,
@@ -634,10 +644,11 @@ class ImageStore:
         if not self._repaired:
             self._files.clean_staging()
             self._repaired = True
+        self._needs_repair = False
         if self._foreign_data is not None:
             self._merge_foreign()
-        if self._compact_after_import:
-            self._compact_after_import = False
+        if self._compact_soon:
+            self._compact_soon = False
             self._compact_locked()
 
     def _keep_broken(self, tail: jn.Tail) -> None:
@@ -693,6 +704,8 @@ class ImageStore:
         failpoints.hit("compact-before-publish")
         self._publish()
         failpoints.hit("compact-after-publish")
+        if self.keep_segments is not None or self.keep_age is not None:
+            self._prune_locked(self.keep_segments, self.keep_age)
 
     def _finish_rotation(self, end: jn.Record) -> None:
         """Create the segment an end marker announces (its compaction died before doing so)."""
@@ -723,6 +736,8 @@ class ImageStore:
             self._disk.link(archive, tmp)
         except OSError:
             self._disk.write_file(tmp, self._disk.read_file(archive), sync=self._sync)
+        if self._lock is not None:
+            self._lock.record_write()
         self._disk.rename(tmp, images_json)
         if self._sync:
             self._disk.fsync_dir(self.path)
@@ -730,14 +745,89 @@ class ImageStore:
         self._publish_pending = False
 
     def _merge_foreign(self) -> None:
-        """Placeholder until foreign rewrites are merged: keep the journal's state, warn."""
+        """Merge the images.json another program wrote into the journal, then snapshot.
+
+        A three-way merge against the snapshot both sides started from: what the other program
+        changed is recorded as an external-rewrite record of put-image/delete events.
+        """
+        data = self._foreign_data
+        self._foreign_data = None
+        cursor = self._cursor
+        assert cursor is not None and data is not None
+        images_json = os.path.join(self.path, snap.IMAGES_JSON)
+        reference = cursor.header.get("snapshot")
+        base: list[Image] = []
+        if reference:
+            archive = os.path.join(self._journal_dir, str(reference.get("file")))
+            base_data = replay.archive_bytes(self._disk, self._journal_dir, reference)
+            if base_data is None:
+                raise SnapshotMismatch(f"cannot merge {images_json}: the snapshot {archive} it was based on is lost")
+            base = snap.images_from_docs(snap.decode(base_data, archive), archive, False)
+        resolved = State()
+        resolved.load(snap.images_from_docs(snap.decode(data, images_json), images_json, False))
+        ours = {image.id: image for image in self._state}
+        events = snap.merge_events(base, resolved, ours, images_json)
+        self._commit_events(events)
+        self.foreign_rewrite = False
         warnings.warn(
-            f"{self.path}/images.json was rewritten by another program; its changes are ignored",
+            f"{images_json} was rewritten by another program; merged its changes as record {self._state.seq} "
+            f"({len(events[0]['added'])} added, {len(events[0]['changed'])} changed, "
+            f"{len(events[0]['removed'])} removed)",
             StoreWarning,
             stacklevel=6,
         )
-        self._foreign_data = None
-        self._publish()
+        self._compact_locked()
+
+    def _commit_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Apply and append a record the store itself decided on (caller holds the lock)."""
+        txn = self._txn = _Txn()
+        self._state.begin()
+        try:
+            for event in events:
+                self._emit(txn, event)
+            self._commit(txn)
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            self._txn = None
+
+    def _prune_locked(self, keep_segments: int | None, older_than: float | None) -> list[str]:
+        """Delete closed segments beyond a count or an age, with their snapshots."""
+        cursor = self._cursor
+        assert cursor is not None
+        disk = self._disk
+        closed = [n for n in self._segments() if n < cursor.segment]
+        victims: set[int] = set()
+        if keep_segments is not None:
+            victims.update(closed[: max(0, len(closed) - keep_segments)])
+        if older_than is not None:
+            now = time.time()
+            for number in closed:
+                with contextlib.suppress(FileNotFoundError):
+                    if now - disk.stat(cursor.path(number)).st_mtime > older_than:
+                        victims.add(number)
+        # History must stay contiguous: prune only a prefix of the closed segments.
+        keep_from = min((n for n in closed if n not in victims), default=cursor.segment)
+        victims = {n for n in victims if n < keep_from}
+        removed: list[str] = []
+        for name in sorted(disk.listdir(self._journal_dir)):
+            owner = _journal_file_segment(name)
+            if owner is not None and owner in victims:
+                disk.unlink(os.path.join(self._journal_dir, name))
+                removed.append(name)
+        if removed and self._sync:
+            disk.fsync_dir(self._journal_dir)
+        return removed
+
+    def prune_journal(self, keep_segments: int | None = None, older_than: float | None = None) -> list[str]:
+        """Delete closed journal segments (and their snapshots) beyond `keep_segments` or older
+        than `older_than` seconds. The current segment is never touched. Returns file names."""
+        for name, value in (("keep_segments", keep_segments), ("older_than", older_than)):
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                raise ValueError(f"{name} must be a non-negative number or None, not {value!r}")
+        with self._locked():
+            return self._prune_locked(keep_segments, older_than)
 
     # ================================================================== reads
 
@@ -794,8 +884,7 @@ class ImageStore:
             raise TypeError(f"digest must be a string, not {type(digest).__name__}")
         with self._mutex:
             state = self._fresh()
-            ids = state.by_digest.get(digest, ())
-            found = [state.get(i) for i in ids]
+            found = [state.get(i) for i in state.digest_ids(digest)]
             return [image for image in found if image is not None]
 
     def metadata(self, ref: str) -> str:
@@ -910,8 +999,9 @@ class ImageStore:
             check_digest(digest)
         elif not isinstance(digest, str):
             raise TypeError(f"digest must be a string, not {type(digest).__name__}")
-        for d in check_names(digests, "digests") if digests else ():
-            check_digest(d, "digests entry")
+        if digests:
+            for d in check_names(digests, "digests"):
+                check_digest(d, "digests entry")
         metadata = check_str(metadata, "metadata")
         created_ns, offset = self._created(created)
         history = check_names(names_history, "names_history")
@@ -919,7 +1009,7 @@ class ImageStore:
         items: list[tuple[str, bytes, str]] = []
         if isinstance(big_data, str | bytes) or not isinstance(big_data, Iterable):
             raise TypeError("big_data must be a list of (key, data) or (key, data, digest) items")
-        for item in big_data:
+        for item in big_data or ():
             if not isinstance(item, Sequence) or isinstance(item, str | bytes) or len(item) not in (2, 3):
                 raise TypeError("each big_data item must be (key, data) or (key, data, digest)")
             key = check_key(item[0])
@@ -968,10 +1058,9 @@ class ImageStore:
             holder = state.by_name.get(name)
             if holder is not None:
                 raise DuplicateName(f"name {name!r} is already used by image {holder}")
-        event = ev.create(image_id, created_ns, offset, names, history, layer, digest, metadata, flags)
-        self._emit(txn, dict(event))
+        self._emit(txn, ev.create(image_id, created_ns, offset, names, history, layer, digest, metadata, flags))
         for key, data, item_digest in items:
-            self._emit(txn, dict(ev.set_big_data(image_id, key, len(data), item_digest)))
+            self._emit(txn, ev.set_big_data(image_id, key, len(data), item_digest))
             txn.writes.append(Write(image_id, key, data))
             txn.pending[(image_id, key)] = data
         image = state.get(image_id)
@@ -985,7 +1074,7 @@ class ImageStore:
             if not candidate[:12].isdigit() and state.get(candidate) is None:
                 return candidate
 
-    def _emit(self, txn: _Txn, event: dict[str, Any]) -> None:
+    def _emit(self, txn: _Txn, event: Mapping[str, Any]) -> None:
         """Apply an event to the state (undoable) and queue it for the transaction's record."""
         apply(self._state, event)
         txn.events.append(event)
@@ -997,7 +1086,7 @@ class ImageStore:
 
     def _names_locked(self, txn: _Txn, op: NameOp, ref: str, values: tuple[str, ...]) -> None:
         image = self._find(self._state, ref)
-        self._emit(txn, dict(ev.names(op, image.id, values)))
+        self._emit(txn, ev.names(op, image.id, values))
 
     def set_names(self, ref: str, names: Iterable[str]) -> None:
         """Replace the image's names; a name another image holds moves to this one."""
@@ -1018,7 +1107,7 @@ class ImageStore:
 
     def _delete_locked(self, txn: _Txn, ref: str) -> None:
         image = self._find(self._state, ref)
-        self._emit(txn, dict(ev.delete(image.id)))
+        self._emit(txn, ev.delete(image.id))
         txn.removed.append(image.id)
         for key in image.big_data_names:
             txn.pending.pop((image.id, key), None)
@@ -1066,12 +1155,12 @@ class ImageStore:
         image = self._find(self._state, ref)
         lowered = layer.lower()
         if any(x == layer or (len(x) == len(layer) and x.lower() == lowered) for x in image.mapped_top_layers):
-            self._emit(txn, dict(ev.mapped_layer(ev.REMOVE_MAPPED_LAYER, image.id, layer)))
+            self._emit(txn, ev.mapped_layer(ev.REMOVE_MAPPED_LAYER, image.id, layer))
 
     def _simple(self, txn: _Txn, ref: str, make: Callable[[str], Mapping[str, Any]]) -> None:
         """A one-event mutation of an existing image."""
         image = self._find(self._state, ref)
-        self._emit(txn, dict(make(image.id)))
+        self._emit(txn, make(image.id))
 
     def set_big_data(
         self,
@@ -1093,7 +1182,7 @@ class ImageStore:
 
     def _set_big_data_locked(self, txn: _Txn, ref: str, key: str, data: bytes, digest: str) -> None:
         image = self._find(self._state, ref)
-        self._emit(txn, dict(ev.set_big_data(image.id, key, len(data), digest)))
+        self._emit(txn, ev.set_big_data(image.id, key, len(data), digest))
         txn.writes.append(Write(image.id, key, data))
         txn.pending[(image.id, key)] = data
 

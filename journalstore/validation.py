@@ -27,6 +27,8 @@ _UINT_MAX = (1 << 64) - 1
 
 
 def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -62,12 +64,17 @@ def check_ref(ref: object) -> str:
 
 def check_names(names: object, what: str = "names") -> tuple[str, ...]:
     """A list of names: each a non-empty, encodable string; a bare string is refused."""
-    if isinstance(names, str | bytes):
+    if type(names) is list or type(names) is tuple:
+        out = tuple(names)
+    elif isinstance(names, str | bytes):
         raise TypeError(f"{what} must be a list of strings, not a single {type(names).__name__}")
-    if not isinstance(names, Iterable):
+    elif isinstance(names, Iterable):
+        out = tuple(names)
+    else:
         raise TypeError(f"{what} must be a list of strings, not {type(names).__name__}")
-    out = tuple(names)
     for name in out:
+        if type(name) is str and name and name.isascii():
+            continue
         if not isinstance(name, str):
             raise InvalidName(f"name {name!r} is not a string")
         if not name:
@@ -79,6 +86,8 @@ def check_names(names: object, what: str = "names") -> tuple[str, ...]:
 
 def check_str(value: object, what: str) -> str:
     """A plain string argument (layer, metadata, ...) that must be encodable."""
+    if type(value) is str and value.isascii():
+        return value
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string, not {type(value).__name__}")
     if not _encodable(value):
@@ -86,8 +95,13 @@ def check_str(value: object, what: str) -> str:
     return value
 
 
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def digest_is_valid(digest: str) -> bool:
     """go-digest's Validate for the algorithms containers/storage supports."""
+    if _SHA256.fullmatch(digest):
+        return True
     algorithm, sep, encoded = digest.partition(":")
     size = _DIGEST_HEX.get(algorithm)
     return bool(sep) and size is not None and len(encoded) == size and _HEX.fullmatch(encoded) is not None
