@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from . import events as ev
-from .errors import StoreError
+from .errors import ImageUnknown, StoreError
 from .prefix import PrefixIndex
 from .record import EMPTY_MAP, Image, derive_digests, freeze, image_from_json
 
@@ -80,6 +80,17 @@ class State:
             return images.get(image_id)
         found = self.prefix.unique(ref)
         return None if found is None else images.get(found)
+
+    def find(self, ref: str) -> Image:
+        """`lookup`, raising ImageUnknown (saying whether the reference is ambiguous)."""
+        image = self.lookup(ref)
+        if image is None:
+            if not isinstance(ref, str):
+                raise TypeError(f"image reference must be a string, not {type(ref).__name__}")
+            if len(self.prefix_matches(ref)) > 1:
+                raise ImageUnknown(f"image reference {ref!r} is ambiguous: several image IDs start with it")
+            raise ImageUnknown(f"image {ref!r} not known")
+        return image
 
     def prefix_matches(self, prefix: str, limit: int = 2) -> list[str]:
         """IDs that start with `prefix` (to tell an unknown reference from an ambiguous one)."""

@@ -21,6 +21,7 @@ from . import events as ev
 from . import failpoints, replay
 from . import journal as jn
 from . import snapshot as snap
+from .audit import Event, Journal, StoreView, VerifyReport, verify
 from .bigdata import BigDataFiles, Write, check_key, sha256_digest
 from .errors import (
     BigDataUnknown,
@@ -28,7 +29,6 @@ from .errors import (
     DuplicateID,
     DuplicateImageNames,
     DuplicateName,
-    ImageUnknown,
     InvalidBigDataName,
     JournalCorrupt,
     RecordTooLarge,
@@ -837,15 +837,9 @@ class ImageStore:
             self._catch_up()
         return self._state
 
-    def _find(self, state: State, ref: str) -> Image:
-        image = state.lookup(ref)
-        if image is None:
-            if not isinstance(ref, str):
-                raise TypeError(f"image reference must be a string, not {type(ref).__name__}")
-            if len(state.prefix_matches(ref)) > 1:
-                raise ImageUnknown(f"image reference {ref!r} is ambiguous: several image IDs start with it")
-            raise ImageUnknown(f"image {ref!r} not known")
-        return image
+    @staticmethod
+    def _find(state: State, ref: str) -> Image:
+        return state.find(ref)
 
     def refresh(self) -> bool:
         """Apply records other processes appended; True if there were any."""
@@ -1213,6 +1207,52 @@ class ImageStore:
         """Write images.json now and start a new journal segment."""
         with self._locked():
             self._compact_locked()
+
+    # ================================================================== audit
+
+    def _journal(self) -> Journal:
+        if not self._segments():
+            raise StoreError(f"{self.path} has no journal: it was written by containers/storage, not journalstore")
+        return Journal(self._disk, self.path)
+
+    def history(
+        self,
+        ref: str | None = None,
+        *,
+        since: int | datetime | None = None,
+        until: int | datetime | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> Iterator[Event]:
+        """The journal's events, oldest first (see journalstore.audit.Journal.history).
+
+        `since`/`until` take a sequence number or a datetime (inclusive). With `ref`, only the
+        events of that image, which may be asked for by its ID or any name it once had.
+        """
+        return self._journal().history(ref, since=since, until=until, kinds=kinds, current=self._lookup_now)
+
+    def at(self, when: int | datetime) -> StoreView:
+        """A read-only view of the store right after record `when` (or the last record at or
+        before a datetime)."""
+        state = self._journal().state_at(when)
+        moment = when if isinstance(when, datetime) else None
+        return StoreView(state, moment, self._current_by_id, self._files.read)
+
+    def verify(self) -> VerifyReport:
+        """Check every segment's checksums and that replay reproduces every snapshot."""
+        return verify(self.path, self._disk)
+
+    @property
+    def history_start(self) -> int:
+        """The first sequence number whose event is still in the journal (after pruning)."""
+        return self._journal().first_seq() + 1
+
+    def _lookup_now(self, ref: str) -> Image | None:
+        with self._mutex:
+            return self._fresh().lookup(ref)
+
+    def _current_by_id(self, image_id: str) -> Image | None:
+        with self._mutex:
+            return self._fresh().get(image_id)
 
     # ================================================================== lifetime
 

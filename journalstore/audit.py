@@ -1,0 +1,593 @@
+"""The journal as an audit log: who changed what and when, and the store at any past moment.
+
+`history()` streams events oldest first; `at()` rebuilds the read-only state right after a
+record; `verify()` checks every checksum and that replay reproduces every snapshot; `repair()`
+is the only way to cut a damaged journal. Everything streams: a journal of a million records
+is never held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from . import events as ev
+from . import journal as jn
+from . import replay
+from . import snapshot as snap
+from .errors import (
+    BigDataUnknown,
+    DigestUnknown,
+    ImageUnknown,
+    JournalCorrupt,
+    SizeUnknown,
+    StoreError,
+    StoreIsReadOnly,
+)
+from .fsio import Disk
+from .locking import WriterLock
+from .record import Image, time_from_datetime
+from .reducer import State, apply
+
+_NS = 1_000_000_000
+
+
+class HistoryPruned(StoreError):
+    """The asked-for past lies before the oldest journal segment kept (see retention)."""
+
+    def __init__(self, message: str, *, first_seq: int) -> None:
+        super().__init__(message)
+        self.first_seq = first_seq
+
+
+class BigDataNotKept(BigDataUnknown):
+    """The bytes a past big-data item had were overwritten or deleted since: the journal keeps
+    only their size and digest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who wrote a record: process, user and the store's `actor` string."""
+
+    pid: int
+    uid: int
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name or '-'}(pid={self.pid},uid={self.uid})"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of the journal, with the record it came in."""
+
+    seq: int
+    time: datetime  # aware, UTC, microsecond precision; `time_ns` is exact
+    time_ns: int
+    actor: Actor
+    kind: str
+    image_id: str | None
+    data: Mapping[str, Any] = field(repr=False)
+    segment: int = 0
+    offset: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form (for `journalstore log --json`)."""
+        return {
+            "seq": self.seq,
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "time_ns": self.time_ns,
+            "actor": {"pid": self.actor.pid, "uid": self.actor.uid, "name": self.actor.name},
+            "kind": self.kind,
+            "image_id": self.image_id,
+            "data": _plain({k: v for k, v in self.data.items() if k not in ("op", "id")}),
+            "segment": self.segment,
+            "offset": self.offset,
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _utc(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // _NS, UTC).replace(microsecond=(ns % _NS) // 1000)
+
+
+def _bound(value: int | datetime | None, what: str) -> tuple[int | None, int | None]:
+    """(seq bound, time bound in ns) of a since/until argument."""
+    if value is None:
+        return None, None
+    if isinstance(value, datetime):
+        return None, time_from_datetime(value)[0]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, None
+    raise TypeError(f"{what} must be a sequence number or a datetime, not {type(value).__name__}")
+
+
+class Journal:
+    """Read access to one store directory's journal (no lock, never writes)."""
+
+    def __init__(self, disk: Disk, root: str) -> None:
+        self.disk = disk
+        self.root = root
+        self.dir = os.path.join(root, "journal")
+
+    def segments(self) -> list[int]:
+        return replay.segments(self.disk, self.dir)
+
+    def first_seq(self) -> int:
+        """The oldest sequence number whose state can be rebuilt (the oldest segment's start)."""
+        segs = self.segments()
+        if not segs:
+            return 0
+        return int(replay.header(self.disk, self.dir, segs[0]).get("base_seq", 0))
+
+    def _start_segment(self, seq: int | None) -> int:
+        segs = self.segments()
+        if not segs:
+            raise StoreError(f"{self.root} has no journal (a directory containers/storage wrote?)")
+        if seq is None:
+            return segs[0]
+        start = segs[0]
+        for number in segs:
+            if int(replay.header(self.disk, self.dir, number).get("base_seq", 0)) < seq:
+                start = number
+        return start
+
+    def records(self, since_seq: int | None = None) -> Iterator[jn.Record]:
+        """Commit records from the segment holding `since_seq` (or the oldest) to the end."""
+        yield from replay.records(self.disk, self.dir, self._start_segment(since_seq))
+
+    # ------------------------------------------------------------------ history
+
+    def history(
+        self,
+        ref: str | None = None,
+        *,
+        since: int | datetime | None = None,
+        until: int | datetime | None = None,
+        kinds: Iterable[str] | None = None,
+        current: Callable[[str], Image | None] | None = None,
+    ) -> Iterator[Event]:
+        """Events oldest first, optionally of one image (by ID, current name or a past name).
+
+        An image's history includes events on other images that took one of its names.
+        """
+        since_seq, since_ns = _bound(since, "since")
+        until_seq, until_ns = _bound(until, "until")
+        wanted = None if kinds is None else frozenset(_kinds(kinds))
+        first = self.first_seq()
+        if since_seq is not None and since_seq <= first and first > 0:
+            raise HistoryPruned(
+                f"history before record {first + 1} was pruned from {self.root}; it is available from there",
+                first_seq=first + 1,
+            )
+        if ref is None:
+            if first > 0 and since_seq is None and since_ns is None:
+                warnings.warn(
+                    f"history before record {first + 1} was pruned; showing from record {first + 1}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            source = self._all_events(since_seq)
+        else:
+            source = self._image_events(self._resolve(ref, current))
+        for event in source:
+            if since_seq is not None and event.seq < since_seq:
+                continue
+            if since_ns is not None and event.time_ns < since_ns:
+                continue
+            if until_seq is not None and event.seq > until_seq:
+                return
+            if until_ns is not None and event.time_ns > until_ns:
+                return
+            if wanted is not None and event.kind not in wanted:
+                continue
+            yield event
+
+    def _all_events(self, since_seq: int | None) -> Iterator[Event]:
+        for rec in self.records(since_seq):
+            yield from _events_of(rec)
+
+    def _resolve(self, ref: str, current: Callable[[str], Image | None] | None) -> str:
+        """The image a reference means: the current one, else the last that had that ID or name."""
+        if not isinstance(ref, str):
+            raise TypeError(f"image reference must be a string, not {type(ref).__name__}")
+        if current is not None:
+            image = current(ref)
+            if image is not None:
+                return image.id
+        found: str | None = None
+        base = self._base_of_oldest()
+        if base is not None:
+            image = base.get(ref)
+            if image is not None:
+                found = image.id
+            else:
+                holder = base.by_name.get(ref)
+                if holder is not None:
+                    found = holder
+        for rec in self.records():
+            for event in rec.body.get("events", ()):
+                image_id = event.get("id")
+                if image_id == ref:
+                    found = image_id
+                    continue
+                names = event.get("names")
+                if names is None and event.get("op") == ev.PUT_IMAGE:
+                    names = event.get("image", {}).get("names")
+                if names and ref in names and event.get("op") != ev.REMOVE_NAMES:
+                    found = image_id
+        if found is None:
+            raise ImageUnknown(f"no image was ever known as {ref!r} in the journal of {self.root}")
+        return found
+
+    def _base_of_oldest(self) -> State | None:
+        segs = self.segments()
+        return replay.base_state(self.disk, self.dir, segs[0], True) if segs else None
+
+    def _image_events(self, image_id: str) -> Iterator[Event]:
+        """Replay from the oldest snapshot, yielding every event that changed this image."""
+        segs = self.segments()
+        state = replay.base_state(self.disk, self.dir, segs[0], True)
+        if state is None:
+            raise JournalCorrupt(
+                f"segment {segs[0]}: the snapshot it starts from is missing or damaged",
+                segment=segs[0],
+                offset=0,
+            )
+        for rec in replay.records(self.disk, self.dir, segs[0]):
+            if rec.body.get("seq") != state.seq + 1:
+                replay.apply_record(state, rec)  # raises JournalCorrupt with the offset
+            events = rec.body.get("events", ())
+            touched: list[int] = []
+            for index, event in enumerate(events):
+                before = state.get(image_id)
+                apply(state, event)
+                after = state.get(image_id)
+                if event.get("id") == image_id or before is not after or _marks(event, image_id, after):
+                    touched.append(index)
+            state.seq = rec.body["seq"]
+            if touched:
+                all_events = list(_events_of(rec))
+                for index in touched:
+                    yield all_events[index]
+
+    # ------------------------------------------------------------------ the past
+
+    def state_at(self, when: int | datetime) -> State:
+        """The state right after record `when` (a datetime: the last record at or before it)."""
+        seq, ns = _bound(when, "when")
+        segs = self.segments()
+        if not segs:
+            raise StoreError(f"{self.root} has no journal")
+        first = self.first_seq()
+        if seq is not None:
+            if seq < first:
+                raise HistoryPruned(
+                    f"the state at record {seq} cannot be rebuilt: the journal of {self.root} starts "
+                    f"after record {first}",
+                    first_seq=first,
+                )
+            found = replay.nearest_base(self.disk, self.dir, seq)
+            if found is None:
+                raise HistoryPruned(f"no snapshot to rebuild record {seq} from", first_seq=first)
+            start, state = found
+        else:
+            start = segs[0]
+            base = replay.base_state(self.disk, self.dir, start, True)
+            if base is None:
+                raise HistoryPruned(f"the oldest snapshot of {self.root} is damaged", first_seq=first)
+            state = base
+        if seq is not None and seq == state.seq:
+            return state
+        for rec in replay.records(self.disk, self.dir, start):
+            if ns is not None and int(rec.body.get("time", 0)) > ns:
+                break
+            replay.apply_record(state, rec)
+            if seq is not None and state.seq >= seq:
+                break
+        if seq is not None and state.seq < seq:
+            raise StoreError(f"record {seq} does not exist yet (the journal ends at record {state.seq})")
+        return state
+
+
+def _kinds(kinds: Iterable[str]) -> list[str]:
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    out = list(kinds)
+    unknown = [k for k in out if k not in ev.KINDS]
+    if unknown:
+        raise ValueError(f"unknown event kind(s) {', '.join(map(repr, unknown))}; known: {', '.join(ev.KINDS)}")
+    return out
+
+
+def _marks(event: Mapping[str, Any], image_id: str, image: Image | None) -> bool:
+    """Whether a marker event concerns this image (imported with it, or listed by a merge)."""
+    op = event.get("op")
+    if op == ev.IMPORT:
+        return image is not None
+    if op == ev.EXTERNAL_REWRITE:
+        return any(image_id in event.get(k, ()) for k in ("added", "changed", "removed"))
+    return False
+
+
+def _events_of(rec: jn.Record) -> Iterator[Event]:
+    body = rec.body
+    seq = int(body.get("seq", 0))
+    ns = int(body.get("time", 0))
+    when = _utc(ns)
+    actor = Actor(int(body.get("pid", 0)), int(body.get("uid", 0)), str(body.get("actor", "")))
+    for event in body.get("events", ()):
+        yield Event(seq, when, ns, actor, str(event.get("op")), event.get("id"), event, rec.segment, rec.offset)
+
+
+# ---------------------------------------------------------------------- views of the past
+
+
+class StoreView:
+    """The store as it was right after record `seq`: the read methods of ImageStore, no writes."""
+
+    def __init__(
+        self,
+        state: State,
+        time: datetime | None,
+        current: Callable[[str], Image | None],
+        read: Callable[[str, str], bytes],
+    ) -> None:
+        self._state = state
+        self.seq = state.seq
+        self.time = time
+        self._current = current
+        self._read = read
+
+    def __repr__(self) -> str:
+        return f"<StoreView at record {self.seq}: {len(self._state)} images>"
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __contains__(self, ref: object) -> bool:
+        return isinstance(ref, str) and self.exists(ref)
+
+    def get(self, ref: str) -> Image:
+        return self._state.find(ref)
+
+    def exists(self, ref: str) -> bool:
+        return self._state.lookup(ref) is not None
+
+    def images(self) -> list[Image]:
+        return list(self._state)
+
+    def by_digest(self, digest: str) -> list[Image]:
+        found = [self._state.get(i) for i in self._state.digest_ids(digest)]
+        return [image for image in found if image is not None]
+
+    def metadata(self, ref: str) -> str:
+        return self.get(ref).metadata
+
+    def big_data_names(self, ref: str) -> list[str]:
+        return list(self.get(ref).big_data_names)
+
+    def big_data_size(self, ref: str, key: str) -> int:
+        size = self.get(ref).big_data_sizes.get(key)
+        if size is None:
+            raise SizeUnknown(f"size of big-data item {key!r} of image {ref!r} was not recorded at record {self.seq}")
+        return size
+
+    def big_data_digest(self, ref: str, key: str) -> str:
+        digest = self.get(ref).big_data_digests.get(key)
+        if digest is None:
+            raise DigestUnknown(f"digest of big-data item {key!r} of image {ref!r} not recorded at record {self.seq}")
+        return digest
+
+    def big_data(self, ref: str, key: str) -> bytes:
+        """The item's bytes, if the store still holds exactly the bytes it had then."""
+        image = self.get(ref)
+        if key not in image.big_data_digests:
+            raise BigDataUnknown(f"image {image.id} had no big-data item {key!r} at record {self.seq}")
+        now = self._current(image.id)
+        if (
+            now is None
+            or now.big_data_digests.get(key) != image.big_data_digests[key]
+            or now.big_data_sizes.get(key) != image.big_data_sizes.get(key)
+        ):
+            raise BigDataNotKept(
+                f"the bytes of big-data item {key!r} of image {image.id} as of record {self.seq} were "
+                "overwritten or deleted since; the journal keeps only their size and digest "
+                f"({image.big_data_sizes.get(key)} bytes, {image.big_data_digests[key]})"
+            )
+        return self._read(image.id, key)
+
+    def _read_only(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise StoreIsReadOnly(f"a view of the store at record {self.seq} is read-only")
+
+    create = set_names = add_names = remove_names = delete = wipe = _read_only
+    set_metadata = set_flag = clear_flag = set_big_data = _read_only
+    add_mapped_top_layer = remove_mapped_top_layer = garbage_collect = compact = batch = _read_only
+
+
+# ---------------------------------------------------------------------- verify and repair
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` read and what it found wrong."""
+
+    segments: int = 0
+    records: int = 0
+    bytes: int = 0
+    snapshots: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    problems: list[str] = field(default_factory=list)
+    damage: list[tuple[int, int]] = field(default_factory=list)  # (segment, offset)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "segments": self.segments,
+            "records": self.records,
+            "bytes": self.bytes,
+            "snapshots_checked": self.snapshots,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "problems": self.problems,
+            "damage": [{"segment": s, "offset": o} for s, o in self.damage],
+        }
+
+
+def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Read every segment, check every checksum, and check that replay reproduces each snapshot.
+
+    `progress(bytes_done, bytes_total)` is called as segments are read.
+    """
+    journal = Journal(disk, root)
+    report = VerifyReport()
+    segs = journal.segments()
+    if not segs:
+        report.problems.append(f"{root}: no journal segments")
+        return report
+    sizes = {n: disk.stat(os.path.join(journal.dir, jn.segment_name(n))).st_size for n in segs}
+    total = sum(sizes.values())
+    report.segments = len(segs)
+    base = replay.base_state(disk, journal.dir, segs[0], True)
+    report.first_seq = int(replay.header(disk, journal.dir, segs[0]).get("base_seq", 0))
+    if base is None:
+        report.problems.append(f"segment {segs[0]}: the snapshot it starts from is missing or damaged")
+        report.damage.append((segs[0], 0))
+        return report
+    state = base
+    done = 0
+    for number in segs:
+        try:
+            meta = replay.header(disk, journal.dir, number)
+        except JournalCorrupt as exc:
+            report.problems.append(str(exc))
+            report.damage.append((exc.segment, exc.offset))
+            return report
+        reference = meta.get("snapshot")
+        if number != segs[0] and reference:
+            report.snapshots += 1
+            if int(meta.get("base_seq", -1)) != state.seq:
+                report.problems.append(f"segment {number} starts after record {meta.get('base_seq')}, not {state.seq}")
+            elif snap.snapshot_digest(snap.encode(state)) != reference.get("xxh3"):
+                report.problems.append(
+                    f"segment {number}: replaying the journal does not reproduce its snapshot {reference.get('file')}"
+                )
+            archive = replay.archive_bytes(disk, journal.dir, reference)
+            if archive is None and number == segs[-1]:
+                images_json = os.path.join(root, snap.IMAGES_JSON)
+                with contextlib.suppress(OSError):
+                    if snap.snapshot_digest(disk.read_file(images_json)) == reference.get("xxh3"):
+                        archive = b""
+            if archive is None:
+                report.problems.append(f"segment {number}: its snapshot {reference.get('file')} is missing or damaged")
+        cursor = jn.Cursor(disk, journal.dir, number, writable=False)
+        try:
+            while True:
+                got = False
+                for rec in _one_segment(cursor, number):
+                    replay.apply_record(state, rec)
+                    report.records += 1
+                    got = True
+                if not got:
+                    break
+            if cursor.tail is not None:
+                report.problems.append(
+                    f"segment {number}: unfinished record at offset {cursor.tail.offset} ({cursor.tail.reason}); "
+                    "the next write cuts it (a writer died mid-append)"
+                )
+                report.damage.append((number, cursor.tail.offset))
+        except JournalCorrupt as exc:
+            report.problems.append(str(exc))
+            report.damage.append((exc.segment, exc.offset))
+            return report
+        finally:
+            cursor.close()
+        done += sizes[number]
+        report.bytes += sizes[number]
+        if progress is not None:
+            progress(done, total)
+    report.last_seq = state.seq
+    newest = replay.header(disk, journal.dir, segs[-1]).get("snapshot")
+    if newest:
+        with contextlib.suppress(FileNotFoundError):
+            if snap.snapshot_digest(disk.read_file(os.path.join(root, snap.IMAGES_JSON))) != newest.get("xxh3"):
+                report.problems.append(
+                    "images.json differs from the newest snapshot (rewritten by another program, "
+                    "or a compaction did not finish publishing it)"
+                )
+    return report
+
+
+def _one_segment(cursor: jn.Cursor, number: int) -> Iterator[jn.Record]:
+    """The records of one segment only (a cursor would follow into the next)."""
+    if cursor.segment != number or cursor.end_record is not None:
+        return
+    for rec in cursor.poll():
+        if rec.segment != number:
+            return
+        yield rec
+
+
+def repair(root: str, disk: Disk, offset: int, segment: int | None = None, force: bool = False) -> tuple[str, int]:
+    """Cut segment `segment` (default: the newest) at `offset`, keeping a copy of what was cut.
+
+    Refuses unless the bytes before `offset` are whole records (or `force`). Returns the path of
+    the copy and the number of bytes cut. Takes the writers' lock.
+    """
+    journal = Journal(disk, root)
+    segs = journal.segments()
+    if not segs:
+        raise StoreError(f"{root} has no journal")
+    number = segs[-1] if segment is None else segment
+    if number not in segs:
+        raise StoreError(f"segment {number} does not exist in {journal.dir}")
+    if number != segs[-1] and not force:
+        raise StoreError(
+            f"segment {number} is closed: cutting it would break the chain of later segments (use --force)"
+        )
+    path = os.path.join(journal.dir, jn.segment_name(number))
+    lock = WriterLock(disk, os.path.join(root, "images.lock"), 30.0)
+    lock.acquire()
+    try:
+        fd = disk.open(path, os.O_RDWR)
+        try:
+            _meta, start = jn.read_segment_header(disk, fd, number)
+            size = disk.size(fd)
+            if not start <= offset <= size:
+                raise StoreError(f"offset {offset} is outside segment {number} (records lie in {start}..{size})")
+            _records, stop, _damage = jn.scan(disk.pread(fd, offset - start, start), start)
+            if stop != offset and not force:
+                raise StoreError(
+                    f"offset {offset} is not the end of a whole record of segment {number} "
+                    f"(the whole records before it end at {stop}); use --force to cut anyway"
+                )
+            cut = disk.pread(fd, size - offset, offset)
+            copy = os.path.join(journal.dir, f"{jn.segment_name(number)}.cut-{offset}")
+            disk.write_file(copy, cut, sync=True)
+            disk.truncate(fd, offset)
+            disk.fsync(fd)
+        finally:
+            disk.close(fd)
+    finally:
+        lock.release()
+        lock.close()
+    return copy, len(cut)
