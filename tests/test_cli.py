@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -531,3 +532,37 @@ def test_demo_json_summary_in_a_temporary_directory() -> None:
     assert summary["images"] > 50 and summary["records"] > 100
     assert {row["operation"] for row in summary["timings"]} >= {"create an image (its own record)", "delete an image"}
     assert "podman pulls" in result.err  # the narrative goes to stderr
+
+
+# ============================================================================ the README
+
+
+def _normalize(text: str, root: str) -> str:
+    """What may differ between two runs of the same session: paths, random IDs, times, sizes."""
+    text = text.replace(root, "<root>")
+    text = re.sub(r"(?<!sha256:)\b[0-9a-f]{64}\b", "<id>", text)
+    text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "<time>", text)
+    text = re.sub(r"\(\d+\.\d+ s\)", "(<seconds>)", text)
+    return re.sub(r"(\(|Journal bytes: |offset |json, )\d+", r"\1<n>", text)
+
+
+def test_readme_session_is_a_real_run(tmp_path: Path) -> None:
+    """The README's command-line session, replayed: every command, its output and exit status."""
+    block = (ROOT / "README.md").read_text().split("```console\n", 1)[1].split("```", 1)[0]
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    export, *session = steps
+    documented_root = export[0].removeprefix("export JOURNALSTORE_ROOT=")
+    root = str(tmp_path / "store")
+    env = _env(JOURNALSTORE_ROOT=root, PATH=f"{SCRIPT.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert len(session) >= 8
+    for command, expected in session:
+        proc = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, env=env, timeout=60, check=False, stdin=None
+        )
+        got = _normalize(proc.stderr + proc.stdout, root).splitlines()
+        assert got == _normalize("\n".join(expected), documented_root).splitlines(), command
