@@ -1,0 +1,8 @@
+"""`python -m journalstore`: the same tool as the `journalstore` console script."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
