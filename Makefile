@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	touch $@
 
 test: $(VENV)/.installed-dev
-	$(BIN)/ruff check journalstore tests benchmarks
+	$(BIN)/ruff check journalstore tests $(wildcard benchmarks)
 	$(BIN)/mypy --strict journalstore
 	$(BIN)/pytest -q
 

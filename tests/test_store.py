@@ -60,7 +60,7 @@ def test_lock_timeout(store_dir: Path) -> None:
         )
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
-            with pytest.raises(LockTimeout, match="images.lock"):
+            with pytest.raises(LockTimeout, match=r"images\.lock"):
                 s.create(names=["x"])
             assert not s.exists("x")
         finally:
