@@ -183,7 +183,7 @@ class Journal:
                 )
             source = self._all_events(since_seq)
         else:
-            source = self._image_events(self._resolve(ref, current))
+            source = self._image_events(self.resolve(ref, current))
         for event in source:
             if since_seq is not None and event.seq < since_seq:
                 continue
@@ -201,7 +201,7 @@ class Journal:
         for rec in self.records(since_seq):
             yield from _events_of(rec)
 
-    def _resolve(self, ref: str, current: Callable[[str], Image | None] | None) -> str:
+    def resolve(self, ref: str, current: Callable[[str], Image | None] | None = None) -> str:
         """The image a reference means: the current one, else the last that had that ID or name."""
         if not isinstance(ref, str):
             raise TypeError(f"image reference must be a string, not {type(ref).__name__}")
@@ -591,3 +591,31 @@ def repair(root: str, disk: Disk, offset: int, segment: int | None = None, force
         lock.release()
         lock.close()
     return copy, len(cut)
+
+
+class Follower:
+    """Events as other processes append them, from a cursor kept open (for `log --follow`)."""
+
+    def __init__(self, disk: Disk, root: str, after_seq: int) -> None:
+        journal_dir = os.path.join(root, "journal")
+        segs = replay.segments(disk, journal_dir)
+        if not segs:
+            raise StoreError(f"{root} has no journal")
+        self._cursor = jn.Cursor(disk, journal_dir, segs[-1], writable=False)
+        self._after = after_seq
+
+    def poll(self) -> list[Event]:
+        """Events of records after the last one seen (nothing when the journal did not grow)."""
+        out: list[Event] = []
+        if not self._cursor.changed():
+            return out
+        for rec in self._cursor.poll():
+            seq = int(rec.body.get("seq", 0))
+            if seq <= self._after:
+                continue
+            self._after = seq
+            out.extend(_events_of(rec))
+        return out
+
+    def close(self) -> None:
+        self._cursor.close()

@@ -25,7 +25,9 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
-from .cli import Progress, detail_lines, store_stats, summary_lines
+from .cli.audit_commands import describe
+from .cli.framework import Progress, detail_lines, summary_lines
+from .cli.journal_commands import store_stats
 from .errors import StoreError
 from .store import FsyncMode, ImageStore
 
@@ -33,7 +35,6 @@ FULL_IMAGES = 300
 QUICK_IMAGES = 60
 STORY_MINUTES = 60
 LOOK_BACK = timedelta(minutes=10)
-NO_AUDIT = "(audit API not available in this build)"
 
 # Repositories and the version each one's tags start from (the patch number counts up).
 REPOSITORIES: tuple[tuple[str, str], ...] = (
@@ -583,16 +584,12 @@ class Demo:
     def history(self, app: str) -> bool:
         self.section("The audit history of registry.example.com/team/myapp:1.0")
         store = self.admin
-        if not hasattr(store, "history"):
-            self.say(NO_AUDIT)
-            return False
         started = time.perf_counter()
         events = list(store.history(app))
         self.timings.add("history of one image", time.perf_counter() - started)
         for event in events:
-            who = getattr(event.actor, "actor", "") or f"uid {getattr(event.actor, 'uid', '?')}"
-            details = ", ".join(f"{k}={v}" for k, v in event.data.items() if k not in ("op", "id"))
-            self.say(f"#{event.seq:<5} {event.time:%H:%M:%S.%f} {who:<8} {event.kind:<14} {details[:70]}")
+            who = event.actor.name or f"uid {event.actor.uid}"
+            self.say(f"#{event.seq:<5} {event.time:%H:%M:%S.%f} {who:<8} {event.kind:<14} {describe(event)[:70]}")
         return True
 
     def past(self) -> None:
@@ -601,9 +598,6 @@ class Demo:
         seq = earlier[-1] if earlier else 0
         self.section(f"The store as it was ten simulated minutes ago ({self.clock(target)}, record #{seq})")
         store = self.admin
-        if not hasattr(store, "at"):
-            self.say(NO_AUDIT)
-            return
         started = time.perf_counter()
         view = store.at(seq)
         self.timings.add(f"rebuild the store as of record #{seq}", time.perf_counter() - started)

@@ -21,7 +21,7 @@ from . import events as ev
 from . import failpoints, replay
 from . import journal as jn
 from . import snapshot as snap
-from .audit import Event, Journal, StoreView, VerifyReport, verify
+from .audit import Event, Follower, Journal, StoreView, VerifyReport, verify
 from .bigdata import BigDataFiles, Write, check_key, sha256_digest
 from .errors import (
     BigDataUnknown,
@@ -1236,6 +1236,15 @@ class ImageStore:
         state = self._journal().state_at(when)
         moment = when if isinstance(when, datetime) else None
         return StoreView(state, moment, self._current_by_id, self._files.read)
+
+    def image_id_of(self, ref: str) -> str:
+        """The ID a reference means for history: the current image, else the last image that had
+        that ID or name (ImageUnknown if none ever did)."""
+        return self._journal().resolve(ref, self._lookup_now)
+
+    def follow(self, after_seq: int | None = None) -> Follower:
+        """Events appended after record `after_seq` (default: now), polled with `.poll()`."""
+        return Follower(self._disk, self.path, self._state.seq if after_seq is None else after_seq)
 
     def verify(self) -> VerifyReport:
         """Check every segment's checksums and that replay reproduces every snapshot."""

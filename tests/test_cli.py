@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from journalstore import ImageStore
-from journalstore.cli import COMMANDS, IMAGE_KEYS, Progress, default_root, fsync_mode, main
+from journalstore.cli import main
+from journalstore.cli.framework import COMMANDS, IMAGE_KEYS, Progress, default_root, fsync_mode
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(os.environ.get("JOURNALSTORE_FIXTURE", ROOT.parent / "shared" / "fixtures" / "containers-storage"))
