@@ -11,6 +11,8 @@ import pytest
 
 from journalstore import ImageStore
 
+from .cli_support import js, root  # noqa: F401  (fixtures of the CLI tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(os.environ.get("JOURNALSTORE_FIXTURE", ROOT.parent / "shared" / "fixtures" / "containers-storage"))
 

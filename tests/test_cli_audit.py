@@ -10,8 +10,7 @@ from pathlib import Path
 from journalstore import ImageStore
 from journalstore import journal as jn
 
-from .test_cli import ID_A, ID_B, SCRIPT, Run, _env, fails, ok, run_tool
-from .test_cli import js, root  # noqa: F401  (fixtures)
+from .cli_support import ID_A, ID_B, SCRIPT, Run, _env, fails, ok, run_tool
 
 
 def session(js: Run) -> None:
