@@ -15,10 +15,12 @@ import os
 import struct
 import threading
 import time
-
-import filelock
+from typing import TYPE_CHECKING
 
 from .errors import LockTimeout
+
+if TYPE_CHECKING:
+    import filelock
 from .fsio import Disk
 
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
@@ -48,6 +50,8 @@ class WriterLock:
                 self._mutex.release()
                 raise
         # Busy: another process writes. Wait for it through filelock (poll with timeout).
+        import filelock  # only here: importing it costs more than an uncontended write
+
         remaining = -1.0 if timeout is None else max(0.0, timeout - (time.monotonic() - start))
         waiter = filelock.FileLock(self.path, timeout=remaining, poll_interval=0.0005, thread_local=False)
         try:
