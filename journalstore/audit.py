@@ -269,6 +269,10 @@ class Journal:
 
     def state_at(self, when: int | datetime) -> State:
         """The state right after record `when` (a datetime: the last record at or before it)."""
+        with replay.gc_paused():
+            return self._state_at(when)
+
+    def _state_at(self, when: int | datetime) -> State:
         seq, ns = _bound(when, "when")
         segs = self.segments()
         if not segs:

@@ -209,6 +209,8 @@ def derive_digests(
 class Image(NamedTuple):
     """One image record, as containers/storage's `Image` struct holds it.
 
+    (Fields are ordered for cheap construction, mappings last; images.json uses Go's order.)
+
     Immutable: the tuple, its tuples and its read-only mappings cannot change, so a record
     handed out can never alter the store. `created` is derived from the exact `created_ns`
     and `created_offset`; `digests` is derived from `digest` and the manifest digests.
@@ -223,12 +225,12 @@ class Image(NamedTuple):
     mapped_top_layers: tuple[str, ...]
     metadata: str
     big_data_names: tuple[str, ...]
-    big_data_sizes: Mapping[str, int]
-    big_data_digests: Mapping[str, str]
     created_ns: int
     created_offset: int
-    read_only: bool
+    big_data_sizes: Mapping[str, int]
+    big_data_digests: Mapping[str, str]
     flags: Mapping[str, Any]
+    read_only: bool
 
     @property
     def created(self) -> datetime:
@@ -371,11 +373,11 @@ def image_from_json(doc: Mapping[str, Any], read_only: bool) -> Image:
             mapped,
             _str(doc, "metadata", get("metadata")),
             big_data_names,
-            big_data_sizes,
-            big_data_digests,
             ns,
             offset,
-            read_only,
+            big_data_sizes,
+            big_data_digests,
             frozen_flags,
+            read_only,
         ),
     )

@@ -20,8 +20,7 @@ _new = tuple.__new__
 
 # Positions of the fields in an Image tuple, for building changed copies without _replace.
 _DIGEST, _DIGESTS, _NAMES, _HISTORY = 1, 2, 3, 4
-_MAPPED, _METADATA, _BD_NAMES, _BD_SIZES, _BD_DIGESTS = 6, 7, 8, 9, 10
-_FLAGS = 14
+_MAPPED, _METADATA, _BD_NAMES, _BD_SIZES, _FLAGS = 6, 7, 8, 11, 13
 
 
 class EventError(StoreError):
@@ -266,6 +265,7 @@ class State:
 
     @property
     def in_transaction(self) -> bool:
+        """Whether changes are being logged for a possible rollback."""
         return self._undo is not None
 
     # ------------------------------------------------------------------ loading
@@ -276,6 +276,25 @@ class State:
         A name held by several records stays with the later one, as containers/storage resolves
         it on load; the (image id, name) pairs taken away are returned.
         """
+        records = list(images)
+        # The common case in C-speed comprehensions; fall back to the careful loop on any clash.
+        by_id = {image.id: image for image in records}
+        by_name = {name: image.id for image in records for name in image.names}
+        by_digest: dict[str, str | dict[str, None]] = {d: image.id for image in records for d in image.digests}
+        clean = (
+            len(by_id) == len(records)
+            and len(by_name) == sum(len(image.names) for image in records)
+            and len(by_digest) == sum(len(image.digests) for image in records)
+        )
+        if clean and not self.images:
+            self.images.update(by_id)
+            self.by_name = by_name
+            self.by_digest = by_digest
+            self.count = len(self.images)
+            return []
+        return self._load_slowly(records)
+
+    def _load_slowly(self, images: Iterable[Image]) -> list[tuple[str, str]]:
         records = self.images
         by_name = self.by_name
         by_digest = self.by_digest
@@ -344,12 +363,12 @@ def _create(state: State, event: Mapping[str, Any]) -> None:
                 (),
                 event.get("metadata", ""),
                 (),
-                EMPTY_MAP,
-                EMPTY_MAP,
                 event["created"],
                 event.get("offset", 0),
-                state.read_only,
+                EMPTY_MAP,
+                EMPTY_MAP,
                 freeze(flags) if flags else EMPTY_MAP,
+                state.read_only,
             ),
         )
     )
@@ -372,19 +391,28 @@ def _names(state: State, event: Mapping[str, Any]) -> None:
     else:
         gone = set(given)
         new = tuple(n for n in old if n not in gone)
-    for name in old:
-        state.drop_name(name)
     by_name = state.by_name
-    history = list(image.names_history)
-    for name in new:
-        holder = by_name.get(name)
-        if holder is not None and holder != image_id:
-            state.strip_name(holder, name)
-        state.set_name(name, image_id)
-        if name in history:
-            history.remove(name)
-        history.insert(0, name)
-    state.replace(_new(Image, (*image[:_NAMES], new, tuple(history), *image[_HISTORY + 1 :])))
+    if state.in_transaction:
+        for name in old:
+            state.drop_name(name)
+        for name in new:
+            holder = by_name.get(name)
+            if holder is not None and holder != image_id:
+                state.strip_name(holder, name)
+            state.set_name(name, image_id)
+    else:  # replay: the same, without logging for undo
+        for name in old:
+            by_name.pop(name, None)
+        for name in new:
+            holder = by_name.get(name)
+            if holder is not None and holder != image_id:
+                state.strip_name(holder, name)
+            by_name[name] = image_id
+    # Each resulting name is pushed to the front of the history in order (Go's addNameToHistory):
+    # the last one ends up first, and earlier occurrences are dropped.
+    pushed = set(new)
+    history = (*reversed(new), *(n for n in image.names_history if n not in pushed))
+    state.replace(_new(Image, (*image[:_NAMES], new, history, *image[_HISTORY + 1 :])))
 
 
 def _delete(state: State, event: Mapping[str, Any]) -> None:
@@ -402,7 +430,7 @@ def _set_metadata(state: State, event: Mapping[str, Any]) -> None:
 
 
 def _set_flags(state: State, image: Image, flags: dict[str, Any]) -> None:
-    state.replace(_new(Image, (*image[:_FLAGS], freeze(flags) if flags else EMPTY_MAP)))
+    state.replace(_new(Image, (*image[:_FLAGS], freeze(flags) if flags else EMPTY_MAP, image.read_only)))
 
 
 def _set_flag(state: State, event: Mapping[str, Any]) -> None:
@@ -443,9 +471,11 @@ def _set_big_data(state: State, event: Mapping[str, Any]) -> None:
                 digests,
                 *image[_NAMES:_BD_NAMES],
                 names,
+                image.created_ns,
+                image.created_offset,
                 freeze(sizes),
                 freeze(digests_map),
-                *image[_BD_DIGESTS + 1 :],
+                *image[_FLAGS:],
             ),
         )
     )

@@ -20,7 +20,7 @@ import xxhash
 
 from .errors import SnapshotMismatch
 from .fsio import Disk
-from .record import EMPTY_MAP, JSON_KEYS, Image, derive_digests, format_go_time, freeze, image_from_json
+from .record import EMPTY_MAP, JSON_KEYS, Image, format_go_time, image_from_json
 
 IMAGES_JSON = "images.json"
 
@@ -200,7 +200,7 @@ def write_atomic(disk: Disk, path: str, data: bytes, *, sync: bool, tmp_dir: str
 # bytes is ignored and images.json is parsed instead.
 
 TWIN_MAGIC = b"JSTORIDX"
-TWIN_VERSION = 1
+TWIN_VERSION = 3
 _TWIN_HEADER = struct.Struct("<8sHHIQ")  # magic, version, reserved, json size, payload xxh3
 
 
@@ -209,27 +209,18 @@ def twin_name(segment: int) -> str:
     return f"snapshot-{segment:08d}.msgpack"
 
 
-def _row(image: Image) -> tuple[Any, ...]:
-    return (
-        image.id,
-        image.digest,
-        image.names,
-        image.names_history,
-        image.top_layer,
-        image.mapped_top_layers,
-        image.metadata,
-        image.big_data_names,
-        image.big_data_sizes or None,
-        image.big_data_digests or None,
-        image.created_ns,
-        image.created_offset,
-        image.flags or None,
-    )
+_MAPS = 11  # Image fields from here on are the mappings (then read_only)
 
 
 def encode_twin(images: Iterable[Image], json_digest: str, json_size: int) -> bytes:
+    rows: list[tuple[Any, ...]] = []
+    maps: dict[int, tuple[Any, ...]] = {}
+    for index, image in enumerate(images):
+        rows.append(image[:_MAPS])
+        if image.big_data_sizes or image.big_data_digests or image.flags:
+            maps[index] = (image.big_data_sizes or None, image.big_data_digests or None, image.flags or None)
     payload = msgpack.packb(
-        {"json_xxh3": json_digest, "images": [_row(i) for i in images]},
+        {"json_xxh3": json_digest, "images": rows, "maps": maps},
         use_bin_type=True,
         default=_plain,
     )
@@ -252,48 +243,25 @@ def decode_twin(data: bytes, json_digest: str, read_only: bool) -> list[Image] |
     if magic != TWIN_MAGIC or version != TWIN_VERSION or xxhash.xxh3_64_intdigest(payload) != digest:
         return None
     try:
-        body = msgpack.unpackb(payload, raw=False, use_list=False)
+        body = msgpack.unpackb(payload, raw=False, use_list=False, object_hook=MappingProxyType, strict_map_key=False)
     except Exception:  # a damaged twin is only a missed shortcut
         return None
-    if not isinstance(body, dict) or body.get("json_xxh3") != json_digest:
+    if not isinstance(body, Mapping) or body.get("json_xxh3") != json_digest:
+        return None
+    rows = body.get("images")
+    maps = body.get("maps")
+    if not isinstance(rows, tuple) or not isinstance(maps, Mapping):
         return None
     new = tuple.__new__
-    out: list[Image] = []
-    append = out.append
+    plain = (EMPTY_MAP, EMPTY_MAP, EMPTY_MAP, read_only)
     try:
-        for row in body["images"]:
-            (image_id, digest_, names, history, layer, mapped, metadata) = row[:7]
-            (bd_names, sizes, digests_map, ns, off, flags) = row[7:]
-            if bd_names:
-                sizes = MappingProxyType(sizes) if sizes else EMPTY_MAP
-                digests_map = MappingProxyType(digests_map) if digests_map else EMPTY_MAP
-                digest_, digests = derive_digests(digest_, bd_names, digests_map)
-            else:
-                sizes = digests_map = EMPTY_MAP
-                digests = (digest_,) if digest_ else ()
-            append(
-                new(
-                    Image,
-                    (
-                        image_id,
-                        digest_,
-                        digests,
-                        names,
-                        history,
-                        layer,
-                        mapped,
-                        metadata,
-                        bd_names,
-                        sizes,
-                        digests_map,
-                        ns,
-                        off,
-                        read_only,
-                        freeze(flags) if flags else EMPTY_MAP,
-                    ),
-                )
-            )
-    except (TypeError, ValueError, KeyError):
+        out = [new(Image, row + plain) for row in rows]
+        for index, (sizes, digests, flags) in maps.items():
+            extra = (sizes or EMPTY_MAP, digests or EMPTY_MAP, flags or EMPTY_MAP, read_only)
+            out[index] = new(Image, rows[index] + extra)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if out and len(out[0]) != len(Image._fields):
         return None
     return out
 

@@ -282,6 +282,10 @@ class ImageStore:
         If that snapshot is lost (images.json and its archive both missing or damaged), the
         state is rebuilt from the nearest older snapshot by replaying the segments after it.
         """
+        with replay.gc_paused():
+            self._load_journal_unpaused()
+
+    def _load_journal_unpaused(self) -> None:
         disk = self._disk
         segs = self._segments()
         newest = segs[-1]
@@ -398,6 +402,10 @@ class ImageStore:
 
     def _load_legacy(self) -> None:
         """A directory containers/storage wrote (read-only): images.json alone."""
+        with replay.gc_paused():
+            self._load_legacy_unpaused()
+
+    def _load_legacy_unpaused(self) -> None:
         images_json = os.path.join(self.path, snap.IMAGES_JSON)
         disk = self._disk
         try:
