@@ -91,6 +91,10 @@ class Disk:
     def mkdir(self, path: str, mode: int = 0o700) -> None:
         os.mkdir(path, mode)
 
+    def makedirs(self, path: str, mode: int = 0o700) -> None:
+        """Create a directory and its missing parents (no error if it exists)."""
+        os.makedirs(path, mode, exist_ok=True)
+
     def rmdir(self, path: str) -> None:
         os.rmdir(path)
 

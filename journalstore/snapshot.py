@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -19,7 +18,6 @@ import msgpack
 import xxhash
 
 from .errors import SnapshotMismatch
-from .fsio import Disk
 from .record import EMPTY_MAP, JSON_KEYS, Image, format_go_time, image_from_json
 
 IMAGES_JSON = "images.json"
@@ -174,21 +172,6 @@ def images_from_docs(docs: list[dict[str, Any]], source: str, read_only: bool) -
         return [image_from_json(doc, read_only) for doc in docs]
     except ValueError as exc:
         raise SnapshotCorrupt(f"{source}: {exc}") from None
-
-
-# --------------------------------------------------------------------------- files
-
-
-def write_atomic(disk: Disk, path: str, data: bytes, *, sync: bool, tmp_dir: str | None = None) -> None:
-    """Write `path` whole or not at all: temp file, fsync, rename, fsync of the directory."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(tmp_dir or directory, f".tmp-{os.path.basename(path)}-{os.getpid()}")
-    disk.write_file(tmp, data, sync=sync)
-    disk.rename(tmp, path)
-    if sync:
-        disk.fsync_dir(directory)
-        if tmp_dir and tmp_dir != directory:
-            disk.fsync_dir(tmp_dir)
 
 
 # --------------------------------------------------------------------------- the index twin

@@ -166,7 +166,7 @@ class ImageStore:
                 raise StoreNotFound(f"no store at {self.path}")
         else:
             try:
-                os.makedirs(self.path, 0o700, exist_ok=True)
+                disk.makedirs(self.path, 0o700)
             except PermissionError:
                 if not disk.is_dir(self.path):
                     raise
