@@ -226,6 +226,7 @@ class Cursor:
         self.segment = segment
         self.fd = -1
         self.offset = 0  # end of the last whole unit read
+        self.start = 0
         self.header: dict[str, Any] = {}
         self.seen_size = -1  # file size when the last poll finished
         self.tail: Tail | None = None
@@ -250,6 +251,7 @@ class Cursor:
             self.disk.close(self.fd)
         self.fd = fd
         self.header = header
+        self.start = offset  # the first frame of this segment
         self.offset = offset
         self.segment = segment
         self.seen_size = -1

@@ -1211,10 +1211,19 @@ class ImageStore:
             self._files.clean_staging()
         return removed
 
-    def compact(self) -> None:
-        """Write images.json now and start a new journal segment."""
+    def compact(self) -> bool:
+        """Write images.json now and start a new journal segment.
+
+        Returns False (and writes nothing) when images.json already holds the current state:
+        no record was appended since the last snapshot.
+        """
         with self._locked():
+            cursor = self._cursor
+            assert cursor is not None
+            if cursor.header.get("snapshot") and cursor.offset == cursor.start:
+                return False
             self._compact_locked()
+            return True
 
     # ================================================================== audit
 

@@ -265,8 +265,12 @@ def test_stats_and_compact(two_images: Run, root: Path) -> None:
     plain = ok(js("stats")).out.splitlines()
     assert plain[:3] == [f"Root: {root}", "Images: 2", "Names: 3"]
     assert "Segments: 2" in plain and "Records: 3" in plain and "Position: segment 2, offset" in plain[-1]
+    doc = ok(js("--json", "compact")).json()  # nothing changed since: nothing to write
+    assert isinstance(doc, dict) and (doc["images"], doc["segment"], doc["wrote"]) == (2, 2, False)
+    assert "nothing to compact" in ok(js("compact")).out
+    ok(js("add-names", "-n", "more", ID_A))
     doc = ok(js("--json", "compact")).json()
-    assert isinstance(doc, dict) and (doc["images"], doc["segment"]) == (2, 3)
+    assert isinstance(doc, dict) and (doc["segment"], doc["wrote"]) == (3, True)
 
 
 @pytest.fixture

@@ -115,12 +115,15 @@ def cmd_compact(s: Session, a: argparse.Namespace) -> int:
     store = s.store
     started = time.perf_counter()
     with s.progress("compacting"):
-        store.compact()
+        wrote = store.compact()
     seconds = time.perf_counter() - started
     size = os.stat(os.path.join(store.path, IMAGES_JSON)).st_size
     segment = store.position.segment
     if s.json:
-        s.emit({"images": len(store), "snapshot_bytes": size, "segment": segment, "seconds": round(seconds, 6)})
+        document = {"images": len(store), "snapshot_bytes": size, "segment": segment, "seconds": round(seconds, 6)}
+        s.emit({**document, "wrote": wrote})
+    elif not wrote:
+        s.line(f"nothing to compact: {IMAGES_JSON} already holds the current state (journal at segment {segment})")
     else:
         s.line(
             f"compacted {store.path}: {plural(len(store), 'image')} in {IMAGES_JSON} ({size} bytes), "
