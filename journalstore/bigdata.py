@@ -93,6 +93,18 @@ class BigDataFiles:
     def read(self, image_id: str, key: str) -> bytes:
         return self.disk.read_file(self.path(image_id, key))
 
+    def backup_of(self, prepare: Any, image_id: str, key: str) -> str | None:
+        """Where the old bytes of a file being replaced wait, if a prepare record (not yet
+        committed) is replacing it: the backup the writer keeps until its commit."""
+        if prepare is None:
+            return None
+        body = prepare.body
+        name = file_name(key)
+        for index, entry in enumerate(body.get("files", ())):
+            if entry[0] == image_id and entry[1] == name:
+                return _staged(self.staging, int(body.get("seq", 0)), index, "old") if entry[2] else None
+        return None
+
     # ------------------------------------------------------------------ writing
 
     def plan(self, writes: Sequence[Write]) -> list[Planned]:

@@ -52,7 +52,7 @@ class CreateEvent(TypedDict):
 
     op: Literal["create"]
     id: str
-    created: int  # nanoseconds since the Unix epoch
+    created: list[int]  # [seconds since the Unix epoch, nanoseconds]: any year Go can hold
     offset: NotRequired[int]  # UTC offset of `created`, seconds east; 0 when absent
     names: NotRequired[list[str]]
     history: NotRequired[list[str]]
@@ -165,7 +165,8 @@ def create(
     flags: dict[str, Any],
 ) -> CreateEvent:
     """A create event, leaving out empty fields."""
-    ev: CreateEvent = {"op": "create", "id": image_id, "created": created}
+    seconds, nanos = divmod(created, 1_000_000_000)
+    ev: CreateEvent = {"op": "create", "id": image_id, "created": [seconds, nanos]}
     if offset:
         ev["offset"] = offset
     if names:

@@ -286,6 +286,12 @@ class Cursor:
             return self.disk.exists(self.path(self.segment + 1))
         return self.tail is not None or self.disk.size(self.fd) != self.seen_size
 
+    def changed_since(self, size: int) -> bool:
+        """Whether the journal moved on from a segment size seen earlier (a new segment counts)."""
+        if self.end_record is not None:
+            return self.disk.exists(self.path(self.segment + 1))
+        return self.disk.size(self.fd) != size
+
     def poll(self) -> Iterator[Record]:
         """Yield every new commit record, following end markers into the next segment.
 

@@ -8,7 +8,7 @@ fails after applying some events can be rolled back exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import events as ev
@@ -39,7 +39,6 @@ class State:
 
     __slots__ = (
         "_prefix",
-        "_reorder_lost",
         "_tombstones",
         "_undo",
         "by_digest",
@@ -60,7 +59,6 @@ class State:
         self.read_only = read_only
         self._undo: list[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
         self._tombstones: list[str] = []
-        self._reorder_lost = False
 
     # ------------------------------------------------------------------ reads
 
@@ -90,6 +88,10 @@ class State:
                 raise ImageUnknown(f"image reference {ref!r} is ambiguous: several image IDs start with it")
             raise ImageUnknown(f"image {ref!r} not known")
         return image
+
+    def digest_orders(self) -> dict[str, list[str]]:
+        """The order of the images of every digest several images share (kept by our snapshots)."""
+        return {digest: list(ids) for digest, ids in self.by_digest.items() if isinstance(ids, dict)}
 
     def prefix_matches(self, prefix: str, limit: int = 2) -> list[str]:
         """IDs that start with `prefix` (to tell an unknown reference from an ambiguous one)."""
@@ -122,8 +124,9 @@ class State:
         image_id = image.id
         images = self.images
         if image_id in images:  # a tombstone of this transaction: the new record goes last
+            if self._undo is not None:
+                self._undo.append((self._reorder, (list(images),)))  # O(n), and only in this rare case
             del images[image_id]
-            self._reorder_lost = True
         images[image_id] = image
         self.count += 1
         if self._undo is not None:
@@ -134,6 +137,10 @@ class State:
     def _uninsert(self, image_id: str) -> None:
         del self.images[image_id]
         self.count -= 1
+
+    def _reorder(self, order: list[str]) -> None:
+        images = self.images
+        self.images = {key: images.get(key) for key in order}
 
     def replace(self, image: Image) -> None:
         """Swap a record for its changed copy, keeping its place in the order."""
@@ -215,14 +222,12 @@ class State:
                 del by_digest[digest]
                 self._log(self._set_digest, digest, found)
         elif image_id in found:
+            self._log(self._set_digest, digest, dict(found))  # O(images sharing it), keeps their order
             del found[image_id]
             if len(found) == 1:
                 by_digest[digest] = next(iter(found))
-            if self._undo is not None:
-                # Undoing this cannot put the ID back in its place in the order: reload instead.
-                self._reorder_lost = True
 
-    def _set_digest(self, digest: str, value: str | None) -> None:
+    def _set_digest(self, digest: str, value: str | dict[str, None] | None) -> None:
         if value is None:
             self.by_digest.pop(digest, None)
         else:
@@ -241,7 +246,6 @@ class State:
         """Start logging changes so that `rollback` can undo them."""
         self._undo = []
         self._tombstones = []
-        self._reorder_lost = False
 
     def commit(self) -> None:
         """Keep the changes: drop the undo log and the tombstones."""
@@ -252,16 +256,27 @@ class State:
         self._undo = None
         self._tombstones = []
 
-    def rollback(self) -> bool:
-        """Undo every change since `begin`. False if the creation order could not be restored
-        (an ID deleted and created again in the transaction): the caller must reload."""
-        undo = self._undo or []
-        self._undo = None
-        for fn, args in reversed(undo):
+    def savepoint(self) -> tuple[int, int]:
+        """A point inside the transaction that `rollback_to` can return to (a nested batch)."""
+        assert self._undo is not None
+        return len(self._undo), len(self._tombstones)
+
+    def rollback_to(self, point: tuple[int, int]) -> None:
+        """Undo every change made since `point`, exactly (order included)."""
+        undo = self._undo
+        assert undo is not None
+        while len(undo) > point[0]:
+            fn, args = undo.pop()
             fn(*args)
-        self._tombstones = []
+        del self._tombstones[point[1] :]
         self._prefix = None  # rebuilt on demand; cheaper than logging every index move
-        return not self._reorder_lost
+
+    def rollback(self) -> None:
+        """Undo every change since `begin`."""
+        if self._undo is not None:
+            self.rollback_to((0, 0))
+        self._undo = None
+        self._tombstones = []
 
     @property
     def in_transaction(self) -> bool:
@@ -270,12 +285,23 @@ class State:
 
     # ------------------------------------------------------------------ loading
 
-    def load(self, images: Iterable[Image]) -> list[tuple[str, str]]:
+    def load(
+        self, images: Iterable[Image], digest_orders: Mapping[str, Sequence[str]] | None = None
+    ) -> list[tuple[str, str]]:
         """Fill an empty state from a snapshot's records, in file order.
 
         A name held by several records stays with the later one, as containers/storage resolves
-        it on load; the (image id, name) pairs taken away are returned.
+        it on load; the (image id, name) pairs taken away are returned. `digest_orders` restores
+        the order of images sharing a digest (our binary twin keeps it; images.json cannot).
         """
+        dropped = self._load(images)
+        for digest, order in (digest_orders or {}).items():
+            found = self.by_digest.get(digest)
+            if isinstance(found, dict) and set(order) == set(found):
+                self.by_digest[digest] = dict.fromkeys(order)
+        return dropped
+
+    def _load(self, images: Iterable[Image]) -> list[tuple[str, str]]:
         records = list(images)
         # The common case in C-speed comprehensions; fall back to the careful loop on any clash.
         by_id = {image.id: image for image in records}
@@ -338,6 +364,12 @@ def _image(state: State, event: Mapping[str, Any]) -> Image:
     return image
 
 
+def _created_ns(value: Any) -> int:
+    """A create event's time: [seconds, nanoseconds] since the epoch (any year Go can hold)."""
+    seconds, nanos = value
+    return int(seconds) * 1_000_000_000 + int(nanos)
+
+
 def _create(state: State, event: Mapping[str, Any]) -> None:
     image_id = event["id"]
     if state.images.get(image_id) is not None:
@@ -358,12 +390,12 @@ def _create(state: State, event: Mapping[str, Any]) -> None:
                 digest,
                 digests,
                 names,
-                tuple(event.get("history", ())),
+                tuple(dict.fromkeys(event.get("history", ()))),
                 event.get("layer", ""),
                 (),
                 event.get("metadata", ""),
                 (),
-                event["created"],
+                _created_ns(event["created"]),
                 event.get("offset", 0),
                 EMPTY_MAP,
                 EMPTY_MAP,
@@ -408,10 +440,9 @@ def _names(state: State, event: Mapping[str, Any]) -> None:
             if holder is not None and holder != image_id:
                 state.strip_name(holder, name)
             by_name[name] = image_id
-    # Each resulting name is pushed to the front of the history in order (Go's addNameToHistory):
-    # the last one ends up first, and earlier occurrences are dropped.
-    pushed = set(new)
-    history = (*reversed(new), *(n for n in image.names_history if n not in pushed))
+    # Each resulting name is pushed to the front of the history in order (Go's addNameToHistory,
+    # which deduplicates the whole history on every push): the last one ends up first.
+    history = tuple(dict.fromkeys((*reversed(new), *image.names_history))) if new else image.names_history
     state.replace(_new(Image, (*image[:_NAMES], new, history, *image[_HISTORY + 1 :])))
 
 
@@ -483,9 +514,15 @@ def _set_big_data(state: State, event: Mapping[str, Any]) -> None:
         state.add_digest(new, image_id)
 
 
-def _fold_equal(a: str, b: str) -> bool:
-    """Go's strings.EqualFold for the common cases (simple case folding, rune by rune)."""
-    return a == b or (len(a) == len(b) and a.lower() == b.lower())
+def fold_equal(a: str, b: str) -> bool:
+    """Go's strings.EqualFold: equal under Unicode simple case folding, rune by rune."""
+    if a == b:
+        return True
+    if len(a) != len(b):
+        return False
+    if a.isascii() and b.isascii():
+        return a.lower() == b.lower()
+    return all(x == y or x.lower() == y.lower() or x.upper() == y.upper() for x, y in zip(a, b, strict=True))
 
 
 def _mapped_layer(state: State, event: Mapping[str, Any]) -> None:
@@ -494,7 +531,7 @@ def _mapped_layer(state: State, event: Mapping[str, Any]) -> None:
     if event["op"] == ev.ADD_MAPPED_LAYER:
         layers = (*image.mapped_top_layers, layer)
     else:
-        layers = tuple(x for x in image.mapped_top_layers if not _fold_equal(x, layer))
+        layers = tuple(x for x in image.mapped_top_layers if not fold_equal(x, layer))
     state.replace(_new(Image, (*image[:_MAPPED], layers, *image[_MAPPED + 1 :])))
 
 

@@ -17,7 +17,6 @@ from . import journal as jn
 from . import snapshot as snap
 from .errors import JournalCorrupt
 from .fsio import Disk
-from .record import Image
 from .reducer import EventError, State, apply
 
 
@@ -65,17 +64,21 @@ def archive_bytes(disk: Disk, journal_dir: str, reference: Mapping[str, Any]) ->
     return data if snap.snapshot_digest(data) == reference.get("xxh3") else None
 
 
-def snapshot_records(
+def snapshot_state(
     disk: Disk, journal_dir: str, segment: int, reference: Mapping[str, Any], data: bytes, read_only: bool
-) -> list[Image]:
-    """The records of a verified snapshot: from its binary twin when it mirrors `data`."""
+) -> State:
+    """The state of a verified snapshot: from its binary twin when it mirrors `data`."""
+    state = State(read_only)
     with contextlib.suppress(OSError):
-        twin = disk.read_file(os.path.join(journal_dir, snap.twin_name(segment)))
-        records = snap.decode_twin(twin, str(reference.get("xxh3")), read_only)
-        if records is not None:
-            return records
+        twin = snap.decode_twin(
+            disk.read_file(os.path.join(journal_dir, snap.twin_name(segment))), str(reference.get("xxh3")), read_only
+        )
+        if twin is not None:
+            state.load(twin.images, twin.digest_orders)
+            return state
     source = os.path.join(journal_dir, str(reference.get("file")))
-    return snap.images_from_docs(snap.decode(data, source), source, read_only)
+    state.load(snap.images_from_docs(snap.decode(data, source), source, read_only))
+    return state
 
 
 def base_state(disk: Disk, journal_dir: str, segment: int, read_only: bool) -> State | None:
@@ -87,7 +90,7 @@ def base_state(disk: Disk, journal_dir: str, segment: int, read_only: bool) -> S
         data = archive_bytes(disk, journal_dir, reference)
         if data is None:
             return None
-        state.load(snapshot_records(disk, journal_dir, segment, reference, data, read_only))
+        state = snapshot_state(disk, journal_dir, segment, reference, data, read_only)
     state.seq = int(meta.get("base_seq", 0))
     return state
 

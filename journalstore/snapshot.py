@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import xxhash
@@ -183,7 +183,7 @@ def images_from_docs(docs: list[dict[str, Any]], source: str, read_only: bool) -
 # bytes is ignored and images.json is parsed instead.
 
 TWIN_MAGIC = b"JSTORIDX"
-TWIN_VERSION = 3
+TWIN_VERSION = 4
 _TWIN_HEADER = struct.Struct("<8sHHIQ")  # magic, version, reserved, json size, payload xxh3
 
 
@@ -195,15 +195,35 @@ def twin_name(segment: int) -> str:
 _MAPS = 11  # Image fields from here on are the mappings (then read_only)
 
 
-def encode_twin(images: Iterable[Image], json_digest: str, json_size: int) -> bytes:
+_INT64 = range(-(1 << 63), 1 << 63)
+_CREATED = 9  # position of created_ns in an Image
+
+
+class Twin(NamedTuple):
+    """What a binary twin holds: the records, and the order of images that share a digest."""
+
+    images: list[Image]
+    digest_orders: Mapping[str, Sequence[str]]
+
+
+def encode_twin(
+    images: Iterable[Image], digest_orders: Mapping[str, Sequence[str]], json_digest: str, json_size: int
+) -> bytes:
+    """The twin of a snapshot. Rows are Images up to their mappings; images with mappings (or a
+    creation time outside msgpack's 64-bit integers) get their extra fields in `maps`."""
     rows: list[tuple[Any, ...]] = []
     maps: dict[int, tuple[Any, ...]] = {}
     for index, image in enumerate(images):
-        rows.append(image[:_MAPS])
-        if image.big_data_sizes or image.big_data_digests or image.flags:
-            maps[index] = (image.big_data_sizes or None, image.big_data_digests or None, image.flags or None)
+        row = image[:_MAPS]
+        created: tuple[int, int] | None = None
+        if image.created_ns not in _INT64:
+            created = divmod(image.created_ns, 1_000_000_000)
+            row = (*row[:_CREATED], 0, *row[_CREATED + 1 :])
+        rows.append(row)
+        if image.big_data_sizes or image.big_data_digests or image.flags or created is not None:
+            maps[index] = (image.big_data_sizes or None, image.big_data_digests or None, image.flags or None, created)
     payload = msgpack.packb(
-        {"json_xxh3": json_digest, "images": rows, "maps": maps},
+        {"json_xxh3": json_digest, "images": rows, "maps": maps, "digest_orders": dict(digest_orders)},
         use_bin_type=True,
         default=_plain,
     )
@@ -217,7 +237,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def decode_twin(data: bytes, json_digest: str, read_only: bool) -> list[Image] | None:
+def decode_twin(data: bytes, json_digest: str, read_only: bool) -> Twin | None:
     """The records of a twin, or None if it does not mirror the images.json with that digest."""
     if len(data) < _TWIN_HEADER.size:
         return None
@@ -233,20 +253,23 @@ def decode_twin(data: bytes, json_digest: str, read_only: bool) -> list[Image] |
         return None
     rows = body.get("images")
     maps = body.get("maps")
-    if not isinstance(rows, tuple) or not isinstance(maps, Mapping):
+    orders = body.get("digest_orders")
+    if not isinstance(rows, tuple) or not isinstance(maps, Mapping) or not isinstance(orders, Mapping):
         return None
     new = tuple.__new__
     plain = (EMPTY_MAP, EMPTY_MAP, EMPTY_MAP, read_only)
     try:
         out = [new(Image, row + plain) for row in rows]
-        for index, (sizes, digests, flags) in maps.items():
-            extra = (sizes or EMPTY_MAP, digests or EMPTY_MAP, flags or EMPTY_MAP, read_only)
-            out[index] = new(Image, rows[index] + extra)
+        for index, (sizes, digests, flags, created) in maps.items():
+            row = rows[index]
+            if created is not None:
+                row = (*row[:_CREATED], created[0] * 1_000_000_000 + created[1], *row[_CREATED + 1 :])
+            out[index] = new(Image, (*row, sizes or EMPTY_MAP, digests or EMPTY_MAP, flags or EMPTY_MAP, read_only))
     except (TypeError, ValueError, IndexError):
         return None
     if out and len(out[0]) != len(Image._fields):
         return None
-    return out
+    return Twin(out, orders)
 
 
 # --------------------------------------------------------------------------- foreign rewrites

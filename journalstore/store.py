@@ -41,7 +41,7 @@ from .errors import (
 from .fsio import DEFAULT_DISK, Disk
 from .locking import WriterLock
 from .record import Image, time_from_datetime
-from .reducer import State, apply
+from .reducer import State, apply, fold_equal
 from .validation import (
     check_bytes,
     check_digest,
@@ -224,7 +224,9 @@ class ImageStore:
             archive = snap.archive_name(1)
             self._link_or_copy(images_json, os.path.join(self._journal_dir, archive), data)
             snapshot = {"file": archive, "xxh3": snap.snapshot_digest(data), "size": len(data)}
-            self._write_twin(1, records, snapshot["xxh3"], len(data))
+            imported = State()
+            imported.load(records)
+            self._write_twin(1, imported, snapshot["xxh3"], len(data))
             import_event = {
                 "op": ev.IMPORT,
                 "source": images_json,
@@ -296,8 +298,7 @@ class ImageStore:
         if reference:
             data = self._base_snapshot(newest, reference)
             if data is not None:
-                state = State(self._read_only)
-                state.load(replay.snapshot_records(disk, self._journal_dir, newest, reference, data, self._read_only))
+                state = replay.snapshot_state(disk, self._journal_dir, newest, reference, data, self._read_only)
         else:
             reference = {}
             state = State(self._read_only)
@@ -345,11 +346,12 @@ class ImageStore:
                 stacklevel=6,
             )
 
-    def _write_twin(self, segment: int, records: Iterable[Image], digest: str, size: int) -> None:
+    def _write_twin(self, segment: int, state: State, digest: str, size: int) -> None:
         """Best effort: a missing or torn twin only makes the next cold open parse JSON."""
         path = os.path.join(self._journal_dir, snap.twin_name(segment))
         try:
-            self._disk.write_file(path + ".tmp", snap.encode_twin(records, digest, size), sync=False)
+            data = snap.encode_twin(state, state.digest_orders(), digest, size)
+            self._disk.write_file(path + ".tmp", data, sync=False)
             self._disk.rename(path + ".tmp", path)
         except OSError as exc:
             warnings.warn(f"could not write {path}: {exc}", StoreWarning, stacklevel=4)
@@ -479,8 +481,13 @@ class ImageStore:
         self._check_writable()
         with self._mutex:
             txn = self._txn
-            if txn is not None:  # inside batch(): part of the open transaction
-                yield txn
+            if txn is not None:  # a batch inside a batch: a savepoint of the open transaction
+                point = self._savepoint(txn)
+                try:
+                    yield txn
+                except BaseException:
+                    self._rollback_to(txn, point)
+                    raise
                 return
             txn = self._begin()
             try:
@@ -540,6 +547,25 @@ class ImageStore:
                 assert self._lock is not None
                 self._lock.release()
 
+    def _savepoint(self, txn: _Txn) -> tuple[Any, ...]:
+        return (
+            self._state.savepoint(),
+            len(txn.events),
+            len(txn.writes),
+            dict(txn.pending),
+            len(txn.removed),
+            len(txn.stale),
+        )
+
+    def _rollback_to(self, txn: _Txn, point: tuple[Any, ...]) -> None:
+        state_point, events, writes, pending, removed, stale = point
+        self._state.rollback_to(state_point)
+        del txn.events[events:]
+        del txn.writes[writes:]
+        txn.pending = pending
+        del txn.removed[removed:]
+        del txn.stale[stale:]
+
     def _begin(self) -> _Txn:
         self._acquire()
         txn = self._txn = _Txn()
@@ -552,8 +578,7 @@ class ImageStore:
         self._lock.release()
 
     def _abort(self) -> None:
-        if self._state.in_transaction and not self._state.rollback():
-            self._load_journal()  # an ID deleted and re-created in the batch: rebuild exactly
+        self._state.rollback()
 
     def _record_body(self, seq: int, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return {
@@ -898,34 +923,52 @@ class ImageStore:
         return list(self.get(ref).big_data_names)
 
     def big_data(self, ref: str, key: str) -> bytes:
-        """The bytes of a big-data item."""
+        """The bytes of a big-data item, exactly the bytes its recorded size and digest describe.
+
+        Readers take no lock, so a read is checked like a seqlock: if the journal moved while the
+        file was read, it is read again. While another process is replacing the file (its
+        prepare record is in the journal, its commit is not), the old bytes are read from the
+        backup that writer keeps until its commit.
+        """
         if not isinstance(key, str):
             raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
         if not key:
             raise InvalidBigDataName("big-data key is empty")
         with self._mutex:
-            image = self._find(self._fresh(), ref)
-            if key not in image.big_data_sizes and key not in image.big_data_names:
-                raise BigDataUnknown(f"image {image.id} has no big-data item {key!r}")
-            txn = self._txn
-            if txn is not None:
-                pending = txn.pending.get((image.id, key))
-                if pending is not None:
-                    return pending
-            try:
-                return self._files.read(image.id, key)
-            except FileNotFoundError:
-                pass
-            # Deleted by another process since our last look? Look again.
-            image = self._find(self._fresh(), image.id)
-            if key not in image.big_data_names:
-                raise BigDataUnknown(f"image {image.id} has no big-data item {key!r}") from None
-            try:
-                return self._files.read(image.id, key)
-            except FileNotFoundError:
-                raise BigDataUnknown(
-                    f"the file of big-data item {key!r} of image {image.id} is missing from disk"
-                ) from None
+            for attempt in range(200):
+                image = self._find(self._fresh(), ref)
+                if key not in image.big_data_names:
+                    raise BigDataUnknown(f"image {image.id} has no big-data item {key!r}")
+                txn = self._txn
+                if txn is not None:
+                    pending = txn.pending.get((image.id, key))
+                    return pending if pending is not None else self._read_or_missing(image.id, key)
+                cursor = self._cursor
+                if cursor is None:  # a directory containers/storage wrote: nothing to race with
+                    return self._read_or_missing(image.id, key)
+                size = self._disk.size(cursor.fd)
+                data: bytes | None = None
+                with contextlib.suppress(FileNotFoundError):
+                    data = self._disk.read_file(self._files.path(image.id, key))
+                # The backup is linked before the new file is renamed into place: if it exists,
+                # what we read may already be the uncommitted bytes, and the backup holds ours.
+                backup = self._files.backup_of(cursor.dangling_prepare, image.id, key)
+                if backup is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        data = self._disk.read_file(backup)
+                if not cursor.changed_since(size):
+                    if data is None:
+                        raise BigDataUnknown(f"the file of big-data item {key!r} of image {image.id} is missing")
+                    return data
+                if attempt > 10:
+                    time.sleep(0.0005)  # a writer is between its prepare and its commit
+            raise StoreError(f"big-data item {key!r} of image {ref!r} kept changing while being read")
+
+    def _read_or_missing(self, image_id: str, key: str) -> bytes:
+        try:
+            return self._files.read(image_id, key)
+        except FileNotFoundError:
+            raise BigDataUnknown(f"the file of big-data item {key!r} of image {image_id} is missing") from None
 
     def big_data_size(self, ref: str, key: str) -> int:
         """The recorded size of a big-data item (or the length of its data)."""
@@ -1155,8 +1198,7 @@ class ImageStore:
 
     def _remove_mapped_locked(self, txn: _Txn, ref: str, layer: str) -> None:
         image = self._find(self._state, ref)
-        lowered = layer.lower()
-        if any(x == layer or (len(x) == len(layer) and x.lower() == lowered) for x in image.mapped_top_layers):
+        if any(fold_equal(x, layer) for x in image.mapped_top_layers):
             self._emit(txn, ev.mapped_layer(ev.REMOVE_MAPPED_LAYER, image.id, layer))
 
     def _simple(self, txn: _Txn, ref: str, make: Callable[[str], Mapping[str, Any]]) -> None:

@@ -54,7 +54,7 @@ def test_event_fields(store_dir: Path) -> None:
     assert event.time.tzinfo is not None and before - timedelta(seconds=5) < event.time < before + timedelta(seconds=5)
     as_json = event.to_json()
     assert as_json["actor"]["name"] == "ci-bot"
-    assert as_json["data"] == {"created": event.data["created"], "names": ["x"]}
+    assert as_json["data"] == {"created": list(event.data["created"]), "names": ["x"]}
 
 
 def test_filters_since_until_kinds(store: ImageStore) -> None:

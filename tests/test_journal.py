@@ -226,7 +226,7 @@ def test_reader_ignores_a_record_being_written(tmp_path: Path) -> None:
     make_store(root, 1)
     with ImageStore(root, read_only=True) as r:
         frame = jn.encode_frame(jn.pack({"type": "commit", "seq": 2, "events": [
-            {"op": "create", "id": "f" * 64, "created": 0, "names": ["half"]}]}))
+            {"op": "create", "id": "f" * 64, "created": [0, 0], "names": ["half"]}]}))
         seg = segment_path(root)
         with seg.open("ab") as f:
             f.write(frame[:10])
