@@ -10,7 +10,10 @@ Budget rule (stated in RESULTS.md): an implementation whose every mutation rewri
 store (`Adapter.rewrites_everything`, the seed) is measured over fewer operations at large sizes
 (`Config.seed_work` images rewritten per measurement, at least `Config.seed_min_ops` ops), and
 its store of more than `Config.seed_real_build_max` images is laid down directly as images.json
-before the measured creates; its "create N" total is then an estimate, flagged as such.
+before the measured creates; its "create N" total is then an estimate, flagged as such. Above
+`Config.full_build_max` images, every implementation's "create N" total is timed in one
+repetition; the other repetitions time the last `ops` creates again on a copy of the state
+before them.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Config:
     seed_work: int = 1_000_000  # images rewritten per seed measurement
     seed_min_ops: int = 20
     seed_real_build_max: int = 2000
+    full_build_max: int = 10_000  # above: create N's total timed in one repetition only
     workdir: str = ""
 
     @classmethod
@@ -268,7 +272,13 @@ Progress = Callable[[str], None]
 
 
 class Harness:
-    """Runs the configured workloads over the adapters and collects `Results`."""
+    """Runs the configured workloads over the adapters and collects `Results`.
+
+    For each size and fsync mode every implementation gets its own store, and every workload
+    runs its repetitions interleaved across implementations (rep 1 of each, then rep 2 of each,
+    the order rotating), so that a burst of noise on this shared machine does not land on one
+    implementation only.
+    """
 
     def __init__(
         self,
@@ -290,6 +300,15 @@ class Harness:
         if self._progress is not None:
             self._progress(f"[{perf() - self._start:7.1f}s] {text}")
 
+    def interleave(self, impls: Sequence[str], fn: Callable[[str, int], float]) -> dict[str, list[float]]:
+        """`fn(impl, rep)` for every repetition and implementation, rotating the order each time."""
+        values: dict[str, list[float]] = {impl: [] for impl in impls}
+        for rep in range(self.cfg.repeat):
+            k = rep % max(len(impls), 1)
+            for impl in [*impls[k:], *impls[:k]]:
+                values[impl].append(fn(impl, rep))
+        return values
+
     # ------------------------------------------------------------------ top level
 
     def run(self) -> Results:
@@ -310,14 +329,14 @@ class Harness:
         self.say("noise: CPU loop")
         res.noise["start"] = cpu_noise(cfg.noise_samples)
         try:
-            self.say("physical limits")
-            self.physical_limits()
-            longest = max(cfg.sizes)
-            specs = make_specs(longest + cfg.repeat * cfg.batch)
+            self.say("physical limits: record sizes, msgpack + xxhash")
+            self.pack_hash()
+            specs = make_specs(max(cfg.sizes) + cfg.repeat * cfg.batch)
             for size in cfg.sizes:
-                for impl in cfg.impls:
-                    for k, fsync in enumerate(cfg.fsync_modes):
-                        self.run_store(self.adapters[impl], size, fsync, specs, reads=k == 0)
+                self.say(f"n={size:,}: physical limits: raw writes")
+                self.raw_writes(size)
+                for k, fsync in enumerate(cfg.fsync_modes):
+                    self.run_size(size, fsync, specs, reads=k == 0)
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
         res.noise["end"] = cpu_noise(cfg.noise_samples)
@@ -326,110 +345,157 @@ class Harness:
         res.meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
         return res
 
-    def run_store(self, cls: type[Adapter], size: int, fsync: bool, specs: list[Spec], reads: bool) -> None:
-        """All workloads of one implementation at one size and durability."""
-        label = f"{cls.name} n={size:,} fsync={fsync_label(fsync)}"
+    def run_size(self, size: int, fsync: bool, specs: list[Spec], reads: bool) -> None:
+        """Every workload at one size and durability, over every implementation."""
+        label = f"n={size:,} fsync={fsync_label(fsync)}"
         self.say(f"{label}: create N")
-        adapter, path = self.create_n(cls, size, fsync, specs)
+        stores = self.create_n(size, fsync, specs)
         try:
             self.say(f"{label}: add-names")
-            self.add_names(adapter, size, specs)
+            self.add_names(stores, size, specs)
             self.say(f"{label}: set-big-data")
-            self.set_big_data(adapter, size, specs)
+            self.set_big_data(stores, size)
             if reads:
                 self.say(f"{label}: lookups")
-                self.lookups(adapter, size, specs)
+                self.lookups(stores, size, specs)
                 self.say(f"{label}: refresh")
-                self.refresh(adapter, size, specs)
+                self.refresh(stores, size, specs)
                 self.say(f"{label}: memory")
-                self.memory(adapter, size, specs)
+                self.memory(stores, size, specs)
                 self.say(f"{label}: cold open")
-                self.cold_open(adapter, size, specs)
-            if cls.supports_batch:
-                self.say(f"{label}: batch")
-                self.batch(adapter, size, specs)
+                self.cold_open(stores, size, specs)
+            self.say(f"{label}: batch")
+            self.batch(stores, size, specs)
         finally:
-            adapter.close()
-            shutil.rmtree(path, ignore_errors=True)
+            for adapter in stores.values():
+                adapter.close()
+                shutil.rmtree(adapter.path, ignore_errors=True)
 
-    # ------------------------------------------------------------------ mutations
+    def add(self, m: Measurement) -> None:
+        self.results.add(m)
 
-    def fresh_dir(self, cls: type[Adapter], size: int, fsync: bool, rep: int) -> Path:
-        path = self.workdir / f"{cls.name}-{size}-{fsync_label(fsync)}-{rep}"
+    # ------------------------------------------------------------------ create N
+
+    def store_dir(self, impl: str, size: int, fsync: bool, what: str) -> Path:
+        path = self.workdir / f"{impl}-{size}-{fsync_label(fsync)}-{what}"
         if path.exists():
             shutil.rmtree(path)
         return path
 
-    def create_n(self, cls: type[Adapter], size: int, fsync: bool, specs: list[Spec]) -> tuple[Adapter, Path]:
-        """Create N images one at a time; per-op cost over the last `ops`. Keeps the last store."""
+    def create_n(self, size: int, fsync: bool, specs: list[Spec]) -> dict[str, Adapter]:
+        """Create N images one at a time; cost per create over the last `ops`. Keeps the stores.
+
+        Above `Config.full_build_max` images the first N − `ops` creates are timed in the first
+        repetition only; later repetitions restore a copy of that state (untimed) and time the
+        last `ops` again. The seed above `Config.seed_real_build_max` starts from an images.json
+        laid down directly (see the module docstring).
+        """
         cfg = self.cfg
         fs = fsync_label(fsync)
-        last = min(cfg.ops, size)
-        direct = cls.rewrites_everything and size > cfg.seed_real_build_max
-        if direct:
-            last = seed_ops(cfg, cls, size, last)
-        totals: list[float] = []
-        means: list[float] = []
-        lat_best: list[float] = []
-        keep: tuple[Adapter, Path] | None = None
-        for rep in range(cfg.repeat):
-            path = self.fresh_dir(cls, size, fsync, rep)
+        once = size > cfg.full_build_max
+        plan: dict[str, tuple[int, bool]] = {}
+        for impl in cfg.impls:
+            cls = self.adapters[impl]
+            last = min(cfg.ops, size)
+            direct = cls.rewrites_everything and size > cfg.seed_real_build_max
+            plan[impl] = (seed_ops(cfg, cls, size, last) if direct else last, direct)
+        totals: dict[str, list[float]] = {impl: [] for impl in cfg.impls}
+        lat_best: dict[str, list[float]] = {}
+        kept: dict[str, Adapter] = {}
+        bases: dict[str, Path] = {}
+
+        def rep_fn(impl: str, rep: int) -> float:
+            cls = self.adapters[impl]
+            last, direct = plan[impl]
+            path = self.store_dir(impl, size, fsync, f"create{rep}")
+            before = 0.0
             if direct:
                 created = go_time_now()
                 docs = [image_doc(s.id, s.names, s.layer, s.digest, created) for s in specs[: size - last]]
                 write_images_json(str(path), docs, fsync)
                 del docs
+            elif impl in bases:
+                shutil.copytree(bases[impl], path)
             adapter = cls()
             adapter.open(str(path), fsync)
-            gc.collect()
-            create = adapter.create
-            lat: list[float] = []
-            t0 = perf()
-            if not direct:
+            if not direct and impl not in bases:
+                create = adapter.create
+                gc.collect()
+                t0 = perf()
                 for s in specs[: size - last]:
                     create(s.id, s.names, s.layer, s.digest)
+                before = perf() - t0
+                if once:
+                    adapter.close()
+                    bases[impl] = self.store_dir(impl, size, fsync, "base")
+                    shutil.copytree(path, bases[impl])
+                    adapter.open(str(path), fsync)
+                else:
+                    bases.pop(impl, None)
+            create = adapter.create
+            gc.collect()
+            lat: list[float] = []
+            t0 = perf()
             for s in specs[size - last : size]:
                 t = perf()
                 create(s.id, s.names, s.layer, s.digest)
                 lat.append(perf() - t)
-            total = perf() - t0
+            measured = perf() - t0
             self.verify_created(adapter, specs, size, last)
             mean = sum(lat) / len(lat)
             if direct:
-                total = size * mean / 2  # per-op cost grows linearly with the store: the integral
-            totals.append(total)
-            means.append(mean * 1e6)
-            if mean * 1e6 <= min(means):
-                lat_best = lat
-            if rep == cfg.repeat - 1:
-                keep = (adapter, path)
-            else:
+                totals[impl].append(size * mean / 2)  # per-op cost grows linearly: the integral
+            elif rep == 0 or not once:
+                totals[impl].append(before + measured)
+            if impl not in lat_best or mean < sum(lat_best[impl]) / len(lat_best[impl]):
+                lat_best[impl] = lat
+            old = kept.pop(impl, None)
+            if old is not None:
+                old.close()
+                shutil.rmtree(old.path, ignore_errors=True)
+            kept[impl] = adapter
+            return mean * 1e6
+
+        try:
+            means = self.interleave(cfg.impls, rep_fn)
+        except BaseException:
+            for adapter in kept.values():
                 adapter.close()
-                shutil.rmtree(path, ignore_errors=True)
-        assert keep is not None
-        note = "total estimated as N × (µs/op at N) / 2: base laid down as images.json" if direct else ""
-        self.results.add(Measurement("create-total", cls.name, size, fs, "s", totals, size, size, direct, note))
-        self.results.add(
-            Measurement(
-                "create",
-                cls.name,
-                size,
-                fs,
-                "µs/op",
-                means,
-                last,
-                min(cfg.ops, size),
-                extra={
-                    "p50_us": percentile(lat_best, 0.5) * 1e6,
-                    "p99_us": percentile(lat_best, 0.99) * 1e6,
-                    "max_us": max(lat_best) * 1e6,
-                },
+            raise
+        finally:
+            for base in bases.values():
+                shutil.rmtree(base, ignore_errors=True)
+        for impl in cfg.impls:
+            last, direct = plan[impl]
+            if direct:
+                note = "≈: estimated as N × (µs per create at N) / 2; the seed's base laid down as images.json"
+            elif once:
+                note = f"above {cfg.full_build_max:,} images the total is measured in one repetition (budget)"
+            else:
+                note = ""
+            self.add(Measurement("create-total", impl, size, fs, "s", totals[impl], size, size, direct, note))
+            lat = lat_best[impl]
+            self.add(
+                Measurement(
+                    "create",
+                    impl,
+                    size,
+                    fs,
+                    "µs/op",
+                    means[impl],
+                    last,
+                    min(cfg.ops, size),
+                    extra={
+                        "p50_us": percentile(lat, 0.5) * 1e6,
+                        "p99_us": percentile(lat, 0.99) * 1e6,
+                        "max_us": max(lat) * 1e6,
+                    },
+                )
             )
-        )
-        return keep
+        return kept
 
     def verify_created(self, adapter: Adapter, specs: list[Spec], size: int, last: int) -> None:
-        """The last `last` images and a sample of the others resolve by name, ID and prefix."""
+        """The last `last` images and a sample of the others resolve by name and by prefix."""
         rng = random.Random(size)
         sample = list(range(size - last, size)) + [rng.randrange(size) for _ in range(min(200, size))]
         for i in sample:
@@ -437,57 +503,71 @@ class Harness:
             check_get(adapter, s.names[0], s.id, "create N: get by name")
             check_get(adapter, s.id[:12], s.id, "create N: get by 12-char prefix")
 
-    def targets(self, cls: type[Adapter], size: int, count: int, rep: int) -> list[int]:
-        """Distinct existing images, spread over the store, different for each repetition."""
-        rng = random.Random(f"{size}-{rep}-{count}")
-        return rng.sample(range(size), min(count, size))
+    # ------------------------------------------------------------------ mutations at size N
 
-    def add_names(self, adapter: Adapter, size: int, specs: list[Spec]) -> None:
+    @staticmethod
+    def targets(size: int, count: int, salt: str) -> list[int]:
+        """Distinct existing images spread over the store; the same for every implementation."""
+        return random.Random(f"{size}-{salt}-{count}").sample(range(size), min(count, size))
+
+    def add_names(self, stores: dict[str, Adapter], size: int, specs: list[Spec]) -> None:
         cfg = self.cfg
-        cls = type(adapter)
-        n = seed_ops(cfg, cls, size, cfg.ops)
-        values: list[float] = []
-        for rep in range(cfg.repeat):
-            idx = self.targets(cls, size, n, rep)
+        counts = {impl: seed_ops(cfg, type(a), size, cfg.ops) for impl, a in stores.items()}
+
+        def rep_fn(impl: str, rep: int) -> float:
+            adapter = stores[impl]
+            idx = self.targets(size, counts[impl], f"add-names-{rep}")
             work = [(specs[i].id, f"registry.example/extra/rep{rep}/app{i}:latest") for i in idx]
             add = adapter.add_names
             gc.collect()
             t0 = perf()
             for image_id, name in work:
                 add(image_id, [name])
-            values.append((perf() - t0) / len(work) * 1e6)
+            elapsed = perf() - t0
             for image_id, name in work:
-                check_get(adapter, name, image_id, "add-names: get by new name", first_name=name)
-        self.results.add(
-            Measurement("add-names", cls.name, size, fsync_label(adapter.fsync), "µs/op", values, len(idx), cfg.ops)
-        )
+                check_get(adapter, name, image_id, "add-names: get by the new name", first_name=name)
+            return elapsed / len(work) * 1e6
 
-    def set_big_data(self, adapter: Adapter, size: int, specs: list[Spec]) -> None:
+        values = self.interleave(list(stores), rep_fn)
+        for impl, adapter in stores.items():
+            fs = fsync_label(adapter.fsync)
+            self.add(Measurement("add-names", impl, size, fs, "µs/op", values[impl], counts[impl], cfg.ops))
+
+    def set_big_data(self, stores: dict[str, Adapter], size: int) -> None:
         cfg = self.cfg
-        cls = type(adapter)
-        n = seed_ops(cfg, cls, size, cfg.ops)
-        values: list[float] = []
-        for rep in range(cfg.repeat):
-            idx = self.targets(cls, size, n, rep + 1000)
-            work = [(specs[i].id, os.urandom(cfg.big_data_bytes)) for i in idx]
+        counts = {impl: seed_ops(cfg, type(a), size, cfg.ops) for impl, a in stores.items()}
+
+        def rep_fn(impl: str, rep: int) -> float:
+            adapter = stores[impl]
+            idx = self.targets(size, counts[impl], f"set-big-data-{rep}")
+            ids = [make_spec(i).id for i in idx]
+            rng = random.Random(f"data-{size}-{rep}")
+            work = [(image_id, rng.randbytes(cfg.big_data_bytes)) for image_id in ids]
             put = adapter.set_big_data
             gc.collect()
             t0 = perf()
             for image_id, data in work:
                 put(image_id, "config", data)
-            values.append((perf() - t0) / len(work) * 1e6)
+            elapsed = perf() - t0
             for image_id, data in work:
-                got = adapter.big_data(image_id, "config")
-                expect(got == data, f"{cls.name}: set-big-data: item of {image_id} reads back different bytes")
-        self.results.add(
-            Measurement("set-big-data", cls.name, size, fsync_label(adapter.fsync), "µs/op", values, len(idx), cfg.ops)
-        )
+                expect(
+                    adapter.big_data(image_id, "config") == data,
+                    f"{impl}: set-big-data: the item of {image_id} reads back different bytes",
+                )
+            return elapsed / len(work) * 1e6
 
-    def batch(self, adapter: Adapter, size: int, specs: list[Spec]) -> None:
+        values = self.interleave(list(stores), rep_fn)
+        for impl, adapter in stores.items():
+            fs = fsync_label(adapter.fsync)
+            self.add(Measurement("set-big-data", impl, size, fs, "µs/op", values[impl], counts[impl], cfg.ops))
+
+    def batch(self, stores: dict[str, Adapter], size: int, specs: list[Spec]) -> None:
         """One batch() of `cfg.batch` creates on top of the size-N store."""
         cfg = self.cfg
-        values: list[float] = []
-        for rep in range(cfg.repeat):
+        impls = [impl for impl, a in stores.items() if a.supports_batch]
+
+        def rep_fn(impl: str, rep: int) -> float:
+            adapter = stores[impl]
             start = max(cfg.sizes) + rep * cfg.batch
             work = specs[start : start + cfg.batch]
             create = adapter.create
@@ -496,26 +576,20 @@ class Harness:
             with adapter.batch():
                 for s in work:
                     create(s.id, s.names, s.layer, s.digest)
-            values.append((perf() - t0) * 1e3)
+            elapsed = perf() - t0
             for s in work:
                 check_get(adapter, s.names[0], s.id, "batch: get by name")
-        self.results.add(
-            Measurement(
-                "batch",
-                adapter.name,
-                size,
-                fsync_label(adapter.fsync),
-                "ms/batch",
-                values,
-                cfg.batch,
-                cfg.batch,
-                note=f"{cfg.batch} creates in one batch()",
-            )
-        )
+            return elapsed * 1e3
+
+        values = self.interleave(impls, rep_fn)
+        for impl in impls:
+            fs = fsync_label(stores[impl].fsync)
+            note = f"{cfg.batch:,} creates in one batch() (seed: containers/storage has no batch)"
+            self.add(Measurement("batch", impl, size, fs, "ms/batch", values[impl], cfg.batch, cfg.batch, note=note))
 
     # ------------------------------------------------------------------ reads
 
-    def lookups(self, adapter: Adapter, size: int, specs: list[Spec]) -> None:
+    def lookups(self, stores: dict[str, Adapter], size: int, specs: list[Spec]) -> None:
         cfg = self.cfg
         rng = random.Random(f"lookups-{size}")
         idx = [rng.randrange(size) for _ in range(cfg.lookups)]
@@ -525,60 +599,72 @@ class Harness:
             "lookup-name": [specs[i].names[0] for i in idx],
             "lookup-prefix": [specs[i].id[:12] for i in idx],
         }
-        get = adapter.get
         for workload, refs in kinds.items():
-            values: list[float] = []
-            for _ in range(cfg.repeat):
+
+            def rep_fn(impl: str, rep: int, workload: str = workload, refs: list[str] = refs) -> float:
+                get = stores[impl].get
                 gc.collect()
                 t0 = perf()
                 found = [get(r) for r in refs]
-                values.append((perf() - t0) / len(refs) * 1e6)
-                bad = next((j for j, f in enumerate(found) if f.id != want[j]), None)
-                expect(
-                    bad is None,
-                    f"{adapter.name}: {workload}: get({refs[bad or 0]!r}) returned {found[bad or 0].id}, "
-                    f"expected {want[bad or 0]}",
-                )
-            self.results.add(Measurement(workload, adapter.name, size, "n/a", "µs/op", values, len(refs), cfg.lookups))
+                elapsed = perf() - t0
+                for j, f in enumerate(found):
+                    if f.id != want[j]:
+                        raise BenchmarkError(
+                            f"{impl}: {workload}: get({refs[j]!r}) returned {f.id}, expected {want[j]}"
+                        )
+                return elapsed / len(refs) * 1e6
 
-    def refresh(self, writer: Adapter, size: int, specs: list[Spec]) -> None:
-        """A second instance (same process) refreshes after each single write of the first."""
+            values = self.interleave(list(stores), rep_fn)
+            for impl in stores:
+                self.add(Measurement(workload, impl, size, "n/a", "µs/op", values[impl], len(refs), cfg.lookups))
+
+    def refresh(self, stores: dict[str, Adapter], size: int, specs: list[Spec]) -> None:
+        """A second instance (same process, read-only) refreshes after each single write of the first."""
         cfg = self.cfg
-        cls = type(writer)
-        samples_n = seed_ops(cfg, cls, size, cfg.refresh_samples, floor=min(5, cfg.refresh_samples))
-        reader = cls()
-        reader.open(writer.path, writer.fsync, read_only=True)
-        medians: list[float] = []
-        all_samples: list[float] = []
+        counts = {
+            impl: seed_ops(cfg, type(a), size, cfg.refresh_samples, floor=min(5, cfg.refresh_samples))
+            for impl, a in stores.items()
+        }
+        readers: dict[str, Adapter] = {}
+        extremes: dict[str, list[float]] = {impl: [] for impl in stores}
+
+        def rep_fn(impl: str, rep: int) -> float:
+            writer, reader = stores[impl], readers[impl]
+            samples: list[float] = []
+            for k, i in enumerate(self.targets(size, counts[impl], f"refresh-{rep}")):
+                name = f"registry.example/refresh/rep{rep}/n{k}:latest"
+                writer.add_names(specs[i].id, [name])
+                t0 = perf()
+                changed = reader.refresh()
+                samples.append(perf() - t0)
+                expect(changed, f"{impl}: refresh: the second instance saw no change after a write")
+                check_get(reader, name, specs[i].id, "refresh: second instance, get by the new name", first_name=name)
+            extremes[impl].extend(samples)
+            return statistics.median(samples) * 1e6
+
         try:
-            for rep in range(cfg.repeat):
-                samples: list[float] = []
-                for k, i in enumerate(self.targets(cls, size, samples_n, rep + 2000)):
-                    name = f"registry.example/refresh/rep{rep}/n{k}:latest"
-                    writer.add_names(specs[i].id, [name])
-                    t0 = perf()
-                    changed = reader.refresh()
-                    samples.append(perf() - t0)
-                    expect(changed, f"{cls.name}: refresh: the second instance saw no change after a write")
-                    check_get(reader, name, specs[i].id, "refresh: second instance, get by new name", first_name=name)
-                medians.append(statistics.median(samples) * 1e6)
-                all_samples.extend(samples)
+            for impl, writer in stores.items():
+                reader = readers[impl] = type(writer)()
+                reader.open(writer.path, writer.fsync, read_only=True)
+            values = self.interleave(list(stores), rep_fn)
         finally:
-            reader.close()
-        self.results.add(
-            Measurement(
-                "refresh",
-                cls.name,
-                size,
-                "n/a",
-                "µs",
-                medians,
-                samples_n,
-                cfg.refresh_samples,
-                note="median per repetition; second instance in the same process",
-                extra={"max_us": max(all_samples) * 1e6, "min_us": min(all_samples) * 1e6},
+            for reader in readers.values():
+                reader.close()
+        for impl in stores:
+            self.add(
+                Measurement(
+                    "refresh",
+                    impl,
+                    size,
+                    "n/a",
+                    "µs",
+                    values[impl],
+                    counts[impl],
+                    cfg.refresh_samples,
+                    note="median of the samples of each repetition; the second instance is in the same process",
+                    extra={"max_us": max(extremes[impl]) * 1e6, "min_us": min(extremes[impl]) * 1e6},
+                )
             )
-        )
 
     # ------------------------------------------------------------------ subprocess probes
 
@@ -601,79 +687,70 @@ class Harness:
         out: dict[str, Any] = json.loads(lines[-1])
         return out
 
-    def memory(self, adapter: Adapter, size: int, specs: list[Spec]) -> None:
+    def memory(self, stores: dict[str, Adapter], size: int, specs: list[Spec]) -> None:
         """Python heap (tracemalloc) and RSS growth of opening the store, per image, fresh process."""
         s = specs[size // 2]
-        base = ["--impl", adapter.name, "--path", adapter.path, "--ref", s.id[:12], "--want", s.id]
-        traced = self.probe(["memory", *base])
-        rss = self.probe(["rss", *base])
         note = "one sample: the count is deterministic"
-        res = self.results
-        res.add(Measurement("memory", adapter.name, size, "n/a", "B/image", [traced["after_open"] / size], note=note))
-        res.add(
-            Measurement(
-                "memory-indexed", adapter.name, size, "n/a", "B/image", [traced["after_lookup"] / size], note=note
-            )
-        )
-        res.add(
-            Measurement("memory-rss", adapter.name, size, "n/a", "B/image", [rss["after_lookup"] / size], note=note)
-        )
+        for impl, adapter in stores.items():
+            base = ["--impl", impl, "--path", adapter.path, "--ref", s.id[:12], "--want", s.id]
+            traced = self.probe(["memory", *base])
+            rss = self.probe(["rss", *base])
+            self.add(Measurement("memory", impl, size, "n/a", "B/image", [traced["after_open"] / size], note=note))
+            after = [traced["after_lookup"] / size]
+            self.add(Measurement("memory-indexed", impl, size, "n/a", "B/image", after, note=note))
+            self.add(Measurement("memory-rss", impl, size, "n/a", "B/image", [rss["after_lookup"] / size], note=note))
 
-    def cold_open(self, adapter: Adapter, size: int, specs: list[Spec]) -> None:
+    def cold_open(self, stores: dict[str, Adapter], size: int, specs: list[Spec]) -> None:
         """Open the store in a fresh process (one per repetition) and look one image up.
 
-        journalstore first gets its "snapshot plus records" shape: compact, then
-        `cold_records` more mutations. Its figure is compared with json.loads of its images.json.
+        journalstore first gets its "snapshot plus records" shape: compact, then `cold_records`
+        more mutations. Its figure is compared with json.loads of its images.json.
         """
         cfg = self.cfg
-        note = ""
-        if adapter.name == "journalstore":
-            adapter.compact()
-            for k in range(cfg.cold_records):
-                i = k % size
-                adapter.add_names(specs[i].id, [f"registry.example/cold/{k}:v{k % 5}"])
-            note = f"snapshot of {size:,} images plus {cfg.cold_records:,} journal records"
-        adapter.close()
         s = specs[size // 3]
-        args = ["open", "--impl", adapter.name, "--path", adapter.path, "--ref", s.names[0], "--want", s.id]
-        images_json = adapter.images_json() if adapter.name == "journalstore" else None
-        if images_json:
-            args += ["--json", images_json]
-        opens: list[float] = []
+        args: dict[str, list[str]] = {}
         loads: list[float] = []
-        for _ in range(cfg.repeat):
-            out = self.probe(args)
-            opens.append(out["open_s"] * 1e3)
+        for impl, adapter in stores.items():
+            if impl == "journalstore":
+                adapter.compact()
+                for k in range(cfg.cold_records):
+                    adapter.add_names(specs[k % size].id, [f"registry.example/cold/{k}:v{k % 5}"])
+            adapter.close()
+            args[impl] = ["open", "--impl", impl, "--path", adapter.path, "--ref", s.names[0], "--want", s.id]
+            images_json = adapter.images_json() if impl == "journalstore" else None
+            if images_json:
+                args[impl] += ["--json", images_json]
+
+        def rep_fn(impl: str, rep: int) -> float:
+            out = self.probe(args[impl])
             if "json_loads_s" in out:
                 loads.append(out["json_loads_s"] * 1e3)
-        adapter.open(adapter.path, adapter.fsync)
-        self.results.add(Measurement("cold-open", adapter.name, size, "n/a", "ms", opens, note=note))
+            return float(out["open_s"]) * 1e3
+
+        try:
+            values = self.interleave(list(stores), rep_fn)
+        finally:
+            for adapter in stores.values():
+                adapter.open(adapter.path, adapter.fsync)
+        for impl in stores:
+            note = ""
+            if impl == "journalstore":
+                note = f"journalstore: snapshot of {size:,} images plus {cfg.cold_records:,} journal records"
+            self.add(Measurement("cold-open", impl, size, "n/a", "ms", values[impl], note=note))
         if loads:
-            self.results.add(
-                Measurement(
-                    "cold-open",
-                    "json.loads",
-                    size,
-                    "n/a",
-                    "ms",
-                    loads,
-                    note="json.loads of journalstore's images.json (bytes already read)",
-                )
-            )
+            note = "json.loads of journalstore's images.json (bytes already read), in the same child"
+            self.add(Measurement("cold-open", "json.loads", size, "n/a", "ms", loads, note=note))
 
     # ------------------------------------------------------------------ physical limits
 
-    def physical_limits(self) -> None:
-        """Raw write (with and without fdatasync) of a record's bytes; msgpack + xxhash of events."""
+    def pack_hash(self) -> None:
+        """Bytes of one create record and of one batch record; msgpack + xxhash of one event."""
         cfg = self.cfg
-        res = self.results
         specs = make_specs(cfg.batch + 1)
         record_bytes, batch_bytes = self.record_sizes(specs)
+        self.results.meta["create_record_bytes"] = record_bytes
+        self.results.meta["batch_record_bytes"] = batch_bytes
         body = self.record_body(specs[:1], 1)
-        batch_body = self.record_body(specs[1 : cfg.batch + 1], 2)
-        res.meta["create_record_bytes"] = record_bytes
-        res.meta["batch_record_bytes"] = batch_bytes
-
         values = []
         for _ in range(cfg.repeat):
             t0 = perf()
@@ -681,25 +758,23 @@ class Harness:
                 payload = msgpack.packb(body, use_bin_type=True)
                 xxhash.xxh3_64_intdigest(payload)
             values.append((perf() - t0) / cfg.pack_ops * 1e6)
-        res.add(
-            Measurement(
-                "pack-hash",
-                "raw",
-                1,
-                "n/a",
-                "µs/op",
-                values,
-                cfg.pack_ops,
-                cfg.pack_ops,
-                note="msgpack.packb + xxh3_64 of one create record body",
-            )
-        )
+        note = "msgpack.packb + xxh3_64 of one create record body"
+        self.add(Measurement("pack-hash", "raw", 0, "n/a", "µs/op", values, cfg.pack_ops, cfg.pack_ops, note=note))
 
+    def raw_writes(self, size: int) -> None:
+        """os.write of one record's bytes (with and without fdatasync), and one batch record.
+
+        Measured again at every size, just before that size's workloads: fdatasync latency on
+        this shared disk drifts over minutes, and the targets compare figures taken together.
+        """
+        cfg = self.cfg
+        record_bytes = int(self.results.meta["create_record_bytes"])
+        batch_body = self.record_body(make_specs(cfg.batch + 1)[1:], 2)
         path = self.workdir / "raw-write"
         for fsync in cfg.fsync_modes:
             fs = fsync_label(fsync)
-            values = []
-            batch_values = []
+            values: list[float] = []
+            batch_values: list[float] = []
             for _ in range(cfg.repeat):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
                 try:
@@ -719,31 +794,11 @@ class Harness:
                     batch_values.append((perf() - t0) * 1e3)
                 finally:
                     os.close(fd)
-            res.add(
-                Measurement(
-                    "raw-write",
-                    "raw",
-                    1,
-                    fs,
-                    "µs/op",
-                    values,
-                    cfg.raw_ops,
-                    cfg.raw_ops,
-                    note=f"os.write of {record_bytes} bytes (one create record)" + (" + os.fdatasync" if fsync else ""),
-                )
-            )
-            res.add(
-                Measurement(
-                    "raw-batch",
-                    "raw",
-                    1,
-                    fs,
-                    "ms/batch",
-                    batch_values,
-                    note=f"msgpack + xxh3 + one os.write of {cfg.batch} create events"
-                    + (" + os.fdatasync" if fsync else ""),
-                )
-            )
+            sync = " + os.fdatasync" if fsync else ""
+            note = f"os.write of {record_bytes} bytes (one create record){sync}"
+            self.add(Measurement("raw-write", "raw", size, fs, "µs/op", values, cfg.raw_ops, cfg.raw_ops, note=note))
+            note = f"msgpack + xxh3 + one os.write of {cfg.batch:,} create events{sync}"
+            self.add(Measurement("raw-batch", "raw", size, fs, "ms/batch", batch_values, note=note))
         path.unlink(missing_ok=True)
 
     def record_sizes(self, specs: list[Spec]) -> tuple[int, int]:
