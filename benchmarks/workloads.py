@@ -408,7 +408,6 @@ class Harness:
             cls = self.adapters[impl]
             last, direct = plan[impl]
             path = self.store_dir(impl, size, fsync, f"create{rep}")
-            before = 0.0
             if direct:
                 created = go_time_now()
                 docs = [image_doc(s.id, s.names, s.layer, s.digest, created) for s in specs[: size - last]]
@@ -418,6 +417,14 @@ class Harness:
                 shutil.copytree(bases[impl], path)
             adapter = cls()
             adapter.open(str(path), fsync)
+            try:
+                return measure(impl, rep, adapter, path, last, direct)
+            except BaseException:
+                adapter.close()
+                raise
+
+        def measure(impl: str, rep: int, adapter: Adapter, path: Path, last: int, direct: bool) -> float:
+            before = 0.0
             if not direct and impl not in bases:
                 create = adapter.create
                 gc.collect()
