@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from .adapters import Adapter
-from .report import markdown, targets, targets_table, write_all
+from .report import from_json, markdown, targets, targets_table, write_all
 from .workloads import ROOT, BenchmarkError, Config, run
 
 DEFAULT_OUT = ROOT / "benchmarks" / "out"
@@ -34,6 +35,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-results", action="store_true", help="do not regenerate RESULTS.md")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: re-render the tables, plot and RESULTS.md from a results.json",
+    )
     return p.parse_args(argv)
 
 
@@ -69,11 +76,15 @@ def main(argv: list[str] | None = None, adapters: Mapping[str, type[Adapter]] | 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    try:
-        results = run(cfg, adapters, None if args.quiet else progress)
-    except BenchmarkError as exc:
-        print(f"benchmark FAILED: {exc}", file=sys.stderr)
-        return 1
+    if args.render is not None:
+        results = from_json(json.loads(args.render.read_text()))
+        cfg = results.config
+    else:
+        try:
+            results = run(cfg, adapters, None if args.quiet else progress)
+        except BenchmarkError as exc:
+            print(f"benchmark FAILED: {exc}", file=sys.stderr)
+            return 1
     results_md: Path | None = args.results
     if results_md is None and cfg.mode == "full" and not args.no_results:
         results_md = DEFAULT_RESULTS

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .workloads import Measurement, Results
+from .workloads import Config, Measurement, Results
 
 JS = "journalstore"
 
@@ -323,6 +323,20 @@ def to_json(results: Results) -> dict[str, Any]:
     return out
 
 
+def from_json(data: dict[str, Any]) -> Results:
+    """Rebuild `Results` from a results.json (to re-render the report without re-measuring)."""
+    config = data["config"]
+    for key in ("sizes", "fsync_modes", "impls"):
+        config[key] = tuple(config[key])
+    fields = set(Measurement.__dataclass_fields__)
+    return Results(
+        Config(**config),
+        meta=data.get("meta", {}),
+        noise=data.get("noise", {}),
+        measurements=[Measurement(**{k: v for k, v in m.items() if k in fields}) for m in data["measurements"]],
+    )
+
+
 def write_json(results: Results, path: Path) -> None:
     path.write_text(json.dumps(to_json(results), indent=1, ensure_ascii=False) + "\n")
 
@@ -355,10 +369,16 @@ def plot(results: Results, path: Path) -> bool:
                 pts = sorted((m.size, m.best) for m in rows if m.impl == impl and m.fsync == fs)
                 if not pts:
                     continue
-                style = "--" if fs == "off" else "-"
+                off = fs == "off"
                 label = impl if fs == "n/a" else f"{impl} fsync {fs}"
                 ax.plot(
-                    [p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=COLORS.get(impl), label=label
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    "--" if off else "-",
+                    marker="s" if off else "o",
+                    fillstyle="none" if off else "full",
+                    color=COLORS.get(impl),
+                    label=label,
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -426,6 +446,10 @@ def method_notes(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _load(values: Any) -> str:
+    return " ".join(f"{v:.2f}" for v in values) if values else "?"
+
+
 def results_markdown(results: Results, png_name: str | None) -> str:
     """The whole RESULTS.md."""
     meta = results.meta
@@ -440,7 +464,7 @@ def results_markdown(results: Results, png_name: str | None) -> str:
         f"- Run: {meta.get('started')} → {meta.get('finished')}, {meta.get('duration_s', 0):.0f} s; "
         f"sizes {', '.join(f'{s:,}' for s in results.config.sizes)}; best of {results.config.repeat}.",
         f"- Machine: {meta.get('cpu_count')} CPUs, Python {meta.get('python')}, {meta.get('platform')}; "
-        f"load average at start {meta.get('loadavg_start')}, at end {meta.get('loadavg_end')}.",
+        f"load average at start {_load(meta.get('loadavg_start'))}, at end {_load(meta.get('loadavg_end'))}.",
     ]
     for when in ("start", "end"):
         n = noise.get(when)
@@ -449,6 +473,15 @@ def results_markdown(results: Results, png_name: str | None) -> str:
                 f"- Machine noise at {when}: a fixed CPU loop took {fmt(n['min_ms'])}–{fmt(n['max_ms'])} ms "
                 f"over {n['samples']:.0f} runs (spread {n['spread']:.2f}×)."
             )
+    raw = [m for m in results.measurements if m.workload == "raw-write" and m.fsync == "on"]
+    if raw:
+        samples = [v for m in raw for v in m.values]
+        head.append(
+            f"- Disk noise: one {meta.get('create_record_bytes', '?')}-byte write + fdatasync took "
+            f"{fmt(min(samples))}–{fmt(max(samples))} µs "
+            f"on average over the {len(samples)} raw-write repetitions of the run "
+            f"(spread {max(samples) / min(samples):.2f}×); fsync-on figures carry that noise."
+        )
     parts = ["\n".join(head), "## Targets", targets_table(targets(results))]
     if png_name:
         parts.append(f"![per-operation cost against store size]({png_name})")

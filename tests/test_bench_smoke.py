@@ -37,6 +37,10 @@ def test_tiny_run_writes_all_three(tmp_path: Path) -> None:
     assert wanted <= workloads
     assert not (out / "work").exists()
     assert "| size | fsync | journalstore | seed | sqlite |" in proc.stdout
+    # The report can be rebuilt from the raw figures alone.
+    again = tmp_path / "again"
+    assert main(["--render", str(out / "results.json"), "--out", str(again), "--quiet"]) == 0
+    assert (again / "results.md").read_text() == (out / "results.md").read_text()
 
 
 class WrongIdAdapter(JournalstoreAdapter):
