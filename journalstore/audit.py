@@ -8,7 +8,6 @@ is never held in memory.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -471,48 +470,50 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
     sizes = {n: disk.stat(os.path.join(journal.dir, jn.segment_name(n))).st_size for n in segs}
     total = sum(sizes.values())
     report.segments = len(segs)
+    try:
+        metas = {n: replay.header(disk, journal.dir, n) for n in segs}
+    except JournalCorrupt as exc:
+        report.problems.append(str(exc))
+        report.damage.append((exc.segment, exc.offset))
+        return report
     base = replay.base_state(disk, journal.dir, segs[0], True)
-    report.first_seq = int(replay.header(disk, journal.dir, segs[0]).get("base_seq", 0))
+    report.first_seq = int(metas[segs[0]].get("base_seq", 0))
     if base is None:
         report.problems.append(f"segment {segs[0]}: the snapshot it starts from is missing or damaged")
         report.damage.append((segs[0], 0))
         return report
+    # Each later segment's snapshot must equal the state replay reaches at its base record.
+    checks: dict[int, list[int]] = {}
+    for n in segs[1:]:
+        if metas[n].get("snapshot"):
+            checks.setdefault(int(metas[n].get("base_seq", -1)), []).append(n)
     state = base
+
+    def check_snapshot() -> None:
+        for number in checks.pop(state.seq, ()):
+            check_one(number, metas[number]["snapshot"])
+
+    def check_one(number: int, reference: Mapping[str, Any]) -> None:
+        report.snapshots += 1
+        if snap.snapshot_digest(snap.encode(state)) != reference.get("xxh3"):
+            report.problems.append(
+                f"segment {number}: replaying the journal does not reproduce its snapshot {reference.get('file')}"
+            )
+        if replay.archive_bytes(disk, journal.dir, reference) is None and not (
+            number == segs[-1] and _images_json_matches(disk, root, reference)
+        ):
+            report.problems.append(f"segment {number}: its snapshot {reference.get('file')} is missing or damaged")
+
     done = 0
     for number in segs:
-        try:
-            meta = replay.header(disk, journal.dir, number)
-        except JournalCorrupt as exc:
-            report.problems.append(str(exc))
-            report.damage.append((exc.segment, exc.offset))
-            return report
-        reference = meta.get("snapshot")
-        if number != segs[0] and reference:
-            report.snapshots += 1
-            if int(meta.get("base_seq", -1)) != state.seq:
-                report.problems.append(f"segment {number} starts after record {meta.get('base_seq')}, not {state.seq}")
-            elif snap.snapshot_digest(snap.encode(state)) != reference.get("xxh3"):
-                report.problems.append(
-                    f"segment {number}: replaying the journal does not reproduce its snapshot {reference.get('file')}"
-                )
-            archive = replay.archive_bytes(disk, journal.dir, reference)
-            if archive is None and number == segs[-1]:
-                images_json = os.path.join(root, snap.IMAGES_JSON)
-                with contextlib.suppress(OSError):
-                    if snap.snapshot_digest(disk.read_file(images_json)) == reference.get("xxh3"):
-                        archive = b""
-            if archive is None:
-                report.problems.append(f"segment {number}: its snapshot {reference.get('file')} is missing or damaged")
         cursor = jn.Cursor(disk, journal.dir, number, writable=False)
+        if number != segs[0]:
+            cursor.skip_through = state.seq  # records copied over by a background compaction
         try:
-            while True:
-                got = False
-                for rec in _one_segment(cursor, number):
-                    replay.apply_record(state, rec)
-                    report.records += 1
-                    got = True
-                if not got:
-                    break
+            for rec in _one_segment(cursor, number):
+                replay.apply_record(state, rec)
+                report.records += 1
+                check_snapshot()
             if cursor.tail is not None:
                 report.problems.append(
                     f"segment {number}: unfinished record at offset {cursor.tail.offset} ({cursor.tail.reason}); "
@@ -529,16 +530,24 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
         report.bytes += sizes[number]
         if progress is not None:
             progress(done, total)
+    for seq, numbers in checks.items():
+        for number in numbers:
+            report.problems.append(f"segment {number} starts after record {seq}, which replay never reached")
     report.last_seq = state.seq
-    newest = replay.header(disk, journal.dir, segs[-1]).get("snapshot")
-    if newest:
-        with contextlib.suppress(FileNotFoundError):
-            if snap.snapshot_digest(disk.read_file(os.path.join(root, snap.IMAGES_JSON))) != newest.get("xxh3"):
-                report.problems.append(
-                    "images.json differs from the newest snapshot (rewritten by another program, "
-                    "or a compaction did not finish publishing it)"
-                )
+    newest = metas[segs[-1]].get("snapshot")
+    if newest and not _images_json_matches(disk, root, newest):
+        report.problems.append(
+            "images.json differs from the newest snapshot (rewritten by another program, "
+            "or a compaction did not finish publishing it)"
+        )
     return report
+
+
+def _images_json_matches(disk: Disk, root: str, reference: Mapping[str, Any]) -> bool:
+    try:
+        return snap.snapshot_digest(disk.read_file(os.path.join(root, snap.IMAGES_JSON))) == reference.get("xxh3")
+    except OSError:
+        return False
 
 
 def _one_segment(cursor: jn.Cursor, number: int) -> Iterator[jn.Record]:

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from . import events as ev
 from . import failpoints, replay
@@ -67,6 +67,16 @@ _HEX64 = frozenset("0123456789abcdef")
 
 class StoreWarning(UserWarning):
     """Something about the store a caller should know, that does not stop it from working."""
+
+
+class _Plan(NamedTuple):
+    """A snapshot to write: the records at `seq`, which ends at `offset` of `segment`."""
+
+    images: list[Image]
+    digest_orders: dict[str, list[str]]
+    seq: int
+    segment: int
+    offset: int
 
 
 class _Txn:
@@ -152,6 +162,7 @@ class ImageStore:
         self._foreign_data: bytes | None = None
         self.foreign_rewrite = False
         self._compact_soon = False  # a snapshot to (re)write before the next write
+        self._compactor: threading.Thread | None = None  # an automatic compaction in progress
         self._read_only = read_only
         self._read_only_reason = "the store was opened read-only"
         self._state = State(read_only)
@@ -224,9 +235,7 @@ class ImageStore:
             archive = snap.archive_name(1)
             self._link_or_copy(images_json, os.path.join(self._journal_dir, archive), data)
             snapshot = {"file": archive, "xxh3": snap.snapshot_digest(data), "size": len(data)}
-            imported = State()
-            imported.load(records)
-            self._write_twin(1, imported, snapshot["xxh3"], len(data))
+            self._write_twin(1, records, {}, snapshot["xxh3"], len(data))
             import_event = {
                 "op": ev.IMPORT,
                 "source": images_json,
@@ -263,8 +272,10 @@ class ImageStore:
         if self._sync:
             self._disk.fsync_dir(os.path.dirname(dst))
 
-    def _create_segment(self, number: int, base_seq: int, snapshot: dict[str, Any] | None) -> None:
-        """Write a new segment file with its header, whole or not at all."""
+    def _create_segment(
+        self, number: int, base_seq: int, snapshot: dict[str, Any] | None, records: bytes = b""
+    ) -> None:
+        """Write a new segment file with its header (and any records), whole or not at all."""
         meta: dict[str, Any] = {
             "segment": number,
             "base_seq": base_seq,
@@ -273,7 +284,7 @@ class ImageStore:
         }
         path = os.path.join(self._journal_dir, jn.segment_name(number))
         tmp = path + ".tmp"
-        self._disk.write_file(tmp, jn.encode_segment_header(meta), sync=self._sync)
+        self._disk.write_file(tmp, jn.encode_segment_header(meta) + records, sync=self._sync)
         self._disk.rename(tmp, path)
         if self._sync:
             self._disk.fsync_dir(self._journal_dir)
@@ -346,13 +357,16 @@ class ImageStore:
                 stacklevel=6,
             )
 
-    def _write_twin(self, segment: int, state: State, digest: str, size: int) -> None:
+    def _write_twin(
+        self, segment: int, images: Iterable[Image], orders: Mapping[str, Sequence[str]], digest: str, size: int
+    ) -> None:
         """Best effort: a missing or torn twin only makes the next cold open parse JSON."""
         path = os.path.join(self._journal_dir, snap.twin_name(segment))
         try:
-            data = snap.encode_twin(state, state.digest_orders(), digest, size)
-            self._disk.write_file(path + ".tmp", data, sync=False)
-            self._disk.rename(path + ".tmp", path)
+            data = snap.encode_twin(images, orders, digest, size)
+            tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+            self._disk.write_file(tmp, data, sync=False)
+            self._disk.rename(tmp, path)
         except OSError as exc:
             warnings.warn(f"could not write {path}: {exc}", StoreWarning, stacklevel=4)
 
@@ -651,10 +665,48 @@ class ImageStore:
         if (self.compact_every is not None and self._segment_events >= self.compact_every) or (
             self.compact_bytes is not None and cursor.offset >= self.compact_bytes
         ):
-            try:
-                self._compact_locked()
-            except OSError as exc:
-                warnings.warn(f"automatic compaction of {self.path} failed: {exc}", StoreWarning, stacklevel=4)
+            self._start_background_compaction()
+
+    def _start_background_compaction(self) -> None:
+        """Snapshot the state as it is now and write it from a thread, so that no write waits
+        for a compaction (caller holds the lock, outside any transaction).
+
+        Records are immutable, so a copy of the record list is a consistent snapshot; writers
+        go on appending while it is serialized, and the rotation copies their records into the
+        new segment (docs/snapshots.md).
+        """
+        if self._compactor is not None and self._compactor.is_alive():
+            return
+        cursor = self._cursor
+        assert cursor is not None
+        state = self._state
+        images = [image for image in state.images.values() if image is not None]
+        plan = _Plan(images, state.digest_orders(), state.seq, cursor.segment, cursor.offset)
+        self._compactor = threading.Thread(
+            target=self._compact_in_background, args=(plan,), name="journalstore-compaction", daemon=True
+        )
+        self._compactor.start()
+
+    def _compact_in_background(self, plan: _Plan) -> None:
+        try:
+            reference = self._write_snapshot(plan)
+            with self._mutex:
+                if self._lock is None or self._cursor is None or os.getpid() != self._pid:
+                    return  # closed (or forked) meanwhile: the snapshot is an unused archive
+                self._acquire()
+                try:
+                    if self._cursor.segment == plan.segment:  # nobody rotated meanwhile
+                        self._rotate(plan, reference)
+                finally:
+                    self._lock.release()
+        except Exception as exc:  # a failed compaction loses nothing: the journal still holds it all
+            warnings.warn(f"automatic compaction of {self.path} failed: {exc}", StoreWarning, stacklevel=2)
+
+    def _wait_for_compaction(self) -> None:
+        compactor = self._compactor
+        if compactor is not None and compactor is not threading.current_thread():
+            compactor.join()
+        self._compactor = None
 
     def _repair(self) -> None:
         """Finish what a writer that died left undone (caller holds the lock, has caught up)."""
@@ -702,6 +754,7 @@ class ImageStore:
     def _after_fork(self) -> None:
         """A child process must not share the parent's lock and journal descriptors."""
         self._pid = os.getpid()
+        self._compactor = None  # the parent's thread did not come along
         if self._lock is not None:
             self._lock = WriterLock(self._disk, self._lock.path, self._lock.timeout)
         self._load_journal()
@@ -709,30 +762,48 @@ class ImageStore:
     # ================================================================== snapshots
 
     def _compact_locked(self) -> None:
-        """Write a snapshot of the state, close the segment and start the next one."""
+        """Write a snapshot of the state now, close the segment and start the next one."""
         cursor = self._cursor
         assert cursor is not None
+        state = self._state
+        images = [image for image in state.images.values() if image is not None]
+        plan = _Plan(images, state.digest_orders(), state.seq, cursor.segment, cursor.offset)
+        self._rotate(plan, self._write_snapshot(plan))
+
+    def _write_snapshot(self, plan: _Plan) -> dict[str, Any]:
+        """Write the archive (and its twin) of segment `plan.segment + 1`; returns its reference."""
         disk = self._disk
-        segment = cursor.segment + 1
-        data = snap.encode(self._state)
+        segment = plan.segment + 1
+        data = snap.encode(plan.images)
         archive = snap.archive_name(segment)
         digest = snap.snapshot_digest(data)
-        reference = {"file": archive, "xxh3": digest, "size": len(data)}
         archive_path = os.path.join(self._journal_dir, archive)
-        tmp = archive_path + ".tmp"
+        tmp = f"{archive_path}.tmp-{os.getpid()}-{threading.get_ident()}"
         disk.write_file(tmp, data, sync=self._sync)
         failpoints.hit("snapshot-before-rename")
         disk.rename(tmp, archive_path)
         if self._sync:
             disk.fsync_dir(self._journal_dir)
         failpoints.hit("snapshot-after-archive")
-        self._write_twin(segment, self._state, digest, len(data))
+        self._write_twin(segment, plan.images, plan.digest_orders, digest, len(data))
+        return {"file": archive, "xxh3": digest, "size": len(data), "seq": plan.seq, "offset": plan.offset}
+
+    def _rotate(self, plan: _Plan, reference: dict[str, Any]) -> None:
+        """Close the segment with an end marker and start the next from the snapshot (lock held).
+
+        Records appended after the snapshot was taken are copied, byte for byte, to the start of
+        the new segment: a cold open replays them from there; a reader crossing over skips them.
+        """
+        cursor = self._cursor
+        assert cursor is not None and cursor.segment == plan.segment
+        segment = plan.segment + 1
+        tail = self._disk.pread(cursor.fd, cursor.offset - plan.offset, plan.offset)
         end = {"type": jn.END, "seq": self._state.seq, "next": segment, "snapshot": reference}
         cursor.append(jn.encode_frame(jn.pack(end)), sync=self._sync)
         failpoints.hit("compact-after-end-marker")
-        self._create_segment(segment, self._state.seq, reference)
+        self._create_segment(segment, plan.seq, reference, tail)
         failpoints.hit("compact-after-segment")
-        cursor.rotate(segment)
+        cursor.rotate(segment, after=tail)
         self._segment_events = 0
         failpoints.hit("compact-before-publish")
         self._publish()
@@ -749,7 +820,12 @@ class ImageStore:
                 segment=end.segment,
                 offset=end.offset,
             )
-        self._create_segment(int(end.body["next"]), int(end.body["seq"]), dict(reference))
+        cursor = self._cursor
+        assert cursor is not None
+        base_seq = int(reference.get("seq", end.body["seq"]))
+        start = int(reference.get("offset", end.offset))
+        tail = self._disk.pread(cursor.fd, end.offset - start, start)
+        self._create_segment(int(end.body["next"]), base_seq, dict(reference), tail)
         self._publish_pending = True
 
     def _publish(self) -> None:
@@ -1259,6 +1335,7 @@ class ImageStore:
         Returns False (and writes nothing) when images.json already holds the current state:
         no record was appended since the last snapshot.
         """
+        self._wait_for_compaction()
         with self._locked():
             cursor = self._cursor
             assert cursor is not None
@@ -1325,7 +1402,8 @@ class ImageStore:
     # ================================================================== lifetime
 
     def close(self) -> None:
-        """Release the journal and lock descriptors."""
+        """Finish an automatic compaction in progress, then release the journal and lock."""
+        self._wait_for_compaction()
         with self._mutex:
             if self._cursor is not None:
                 self._cursor.close()
