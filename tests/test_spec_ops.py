@@ -1077,3 +1077,47 @@ def test_create_is_all_or_nothing_with_big_data(store_dir: Path) -> None:
         assert image.digests == (sha(b"m"), sha(b"m2"))
     with ImageStore(store_dir, read_only=True) as ro:
         assert ro.get(ID_A).big_data_names == ("manifest", "config")
+
+
+# ============================================================================ creation times Go can hold
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: created is journaled as int nanoseconds, which msgpack cannot pack outside int64..uint64 "
+    "(before 1677-09-21 or after 2554-07-21): create() fails with TypeError 'cannot journal a value of type int'",
+)
+@pytest.mark.parametrize(
+    ("created", "text"),
+    [
+        (datetime(1, 1, 1, tzinfo=UTC), "0001-01-01T00:00:00Z"),  # Go's zero time
+        (datetime(1600, 6, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=1))), "1600-06-01T12:00:00.000005+01:00"),
+        (datetime(2600, 1, 1, tzinfo=UTC), "2600-01-01T00:00:00Z"),  # beyond uint64 ns
+    ],
+)
+def test_created_outside_int64_ns_round_trips(store_dir: Path, created: datetime, text: str) -> None:
+    with open_rw(store_dir) as s:
+        assert s.create(ID_A, created=created).to_json()["created"] == text
+        s.compact()
+    with ImageStore(store_dir, read_only=True) as ro:
+        assert ro.get(ID_A).to_json()["created"] == text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: opening read-write a containers/storage images.json whose image has no 'created' "
+    "(or Go's zero time 0001-01-01T00:00:00Z) raises TypeError from snapshot.encode_twin: created_ns is below "
+    "int64 and _write_twin only catches OSError",
+)
+@pytest.mark.parametrize("created", [None, "0001-01-01T00:00:00Z"])
+def test_import_of_go_zero_creation_time(store_dir: Path, created: str | None) -> None:
+    store_dir.mkdir()
+    doc: dict[str, Any] = {"id": ID_A, "names": ["old:1"]}
+    if created is not None:
+        doc["created"] = created
+    (store_dir / "images.json").write_text(json.dumps([doc]))
+    with open_rw(store_dir) as s:
+        assert s.get("old:1").to_json()["created"] == "0001-01-01T00:00:00Z"
+        s.set_metadata("old:1", "m")
+    with ImageStore(store_dir, read_only=True) as ro:
+        assert ro.get("old:1").metadata == "m"
