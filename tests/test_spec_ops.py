@@ -886,6 +886,27 @@ class TestDigests:
         assert [i.id for i in store.by_digest(sha(shared))] == [ID_C, ID_A]
         assert_same(model, store)
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="library bug: by_digest order is not kept across a snapshot: State.load (reducer.py) rebuilds the "
+        "lists in images.json order, so after compact() a fresh open (or a reopen) orders them differently from "
+        "the live instance and from a replay of the journal",
+    )
+    def test_by_digest_order_survives_compaction(self, store_dir: Path) -> None:
+        shared = b"same manifest"
+        with open_rw(store_dir) as s:
+            s.create(ID_A, big_data=[("manifest", shared)])
+            s.create(ID_B, big_data=[("manifest", shared)])
+            s.set_big_data(ID_A, "config", b"c")  # A leaves the list and joins it again, after B
+            live = [i.id for i in s.by_digest(sha(shared))]
+            assert live == [ID_B, ID_A]
+            with ImageStore(store_dir, read_only=True) as replayed:
+                assert [i.id for i in replayed.by_digest(sha(shared))] == live
+            s.compact()
+            assert [i.id for i in s.by_digest(sha(shared))] == live
+        with ImageStore(store_dir, read_only=True) as fresh:
+            assert [i.id for i in fresh.by_digest(sha(shared))] == live
+
     def test_by_digest_with_explicit_digest_and_manifest(self, store: ImageStore) -> None:
         d = sha(b"explicit")
         store.create(ID_A, digest=d)
