@@ -352,6 +352,12 @@ class ImageModel:
     def copy(self) -> ImageModel:
         return copy.deepcopy(self)
 
+    def replay(self, operations: Iterable[tuple[str, Sequence[Any], Mapping[str, Any]]]) -> None:
+        """Apply logged operations `(method name, args, kwargs)` in order (crash and multi-process
+        tests replay what the store acknowledged). Raises what the first impossible one raises."""
+        for name, args, kwargs in operations:
+            getattr(self, name)(*args, **kwargs)
+
     # ----------------------------------------------------------------- loading
 
     @classmethod

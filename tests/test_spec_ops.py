@@ -1290,3 +1290,27 @@ def test_imported_duplicate_names_go_to_the_later_image(store_dir: Path) -> None
         assert s.get("dup").id == ID_B
     with ImageStore(store_dir, read_only=True) as ro:  # the writer fixed the file
         assert_same(model, ro)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"fsync": "sometimes"}, {"compact_every": 0}, {"compact_every": -1}, {"actor": 5}, {"compact_bytes": 0}],
+    ids=repr,
+)
+def test_bad_constructor_arguments_create_nothing(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    path = tmp_path / "store"
+    with pytest.raises((TypeError, ValueError)):
+        ImageStore(path, **kwargs)
+    assert not path.exists()
+
+
+def test_read_write_open_creates_the_directory_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "store"
+    with open_rw(path) as s:
+        s.create(ID_A, big_data=[("k", b"v")])
+        s.compact()
+    assert path.stat().st_mode & 0o777 == 0o700
+    # the modes containers/storage uses (fixture README): 0700 directories, 0600 data and images.json
+    assert (path / ID_A).stat().st_mode & 0o777 == 0o700
+    assert (path / ID_A / "k").stat().st_mode & 0o777 == 0o600
+    assert (path / "images.json").stat().st_mode & 0o777 == 0o600

@@ -140,26 +140,32 @@ class StoreMachine(RuleBasedStateMachine):
         self.path = Path(self.tmp) / "store"
         self.model = ImageModel()
         self.orphans: set[str] = set()
-        self.store: ImageStore | None = None
+        # Two read-write instances on the directory (the active one takes the writes, the other
+        # catches up before its own), and a read-only reader that follows the journal.
+        self.writers: list[ImageStore] = []
+        self.active = 0
         self.reader: ImageStore | None = None
-        self.compact_every: int | None = None
+        self.compact_every: list[int | None] = []
 
-    @initialize(compact_every=st.sampled_from([None, None, 3, 11]))
-    def open_store(self, compact_every: int | None) -> None:
+    @initialize(compact_every=st.lists(st.sampled_from([None, None, 3, 11]), min_size=2, max_size=2))
+    def open_store(self, compact_every: list[int | None]) -> None:
         self.compact_every = compact_every
-        self.store = ImageStore(self.path, fsync="never", compact_every=compact_every)
+        self.writers = [ImageStore(self.path, fsync="never", compact_every=c) for c in compact_every]
         self.reader = ImageStore(self.path, read_only=True)
 
     def teardown(self) -> None:
-        for s in (self.store, self.reader):
+        for s in [*self.writers, self.reader]:
             if s is not None:
                 s.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     @property
     def s(self) -> ImageStore:
-        assert self.store is not None
-        return self.store
+        return self.writers[self.active]
+
+    @rule(index=st.integers(0, 1))
+    def switch_writer(self, index: int) -> None:
+        self.active = index
 
     # ------------------------------------------------------------------ drawing operations
 
@@ -336,6 +342,9 @@ class StoreMachine(RuleBasedStateMachine):
                 assert self.reader.refresh() is False
                 seen = snapshot_of_store(self.reader, [*DIGEST_UNIVERSE, *self.model.by_digest_lists])
                 assert unordered_digests(seen) == unordered_digests(before)
+                other = self.writers[1 - self.active]
+                seen = snapshot_of_store(other, [*DIGEST_UNIVERSE, *self.model.by_digest_lists])
+                assert unordered_digests(seen) == unordered_digests(before), "the other writer saw the batch"
                 if abort:
                     raise _Abort
         except _Abort:
@@ -358,7 +367,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         self.s.close()
-        self.store = ImageStore(self.path, fsync="never", compact_every=self.compact_every)
+        self.writers[self.active] = ImageStore(self.path, fsync="never", compact_every=self.compact_every[self.active])
 
     @rule(data=st.data())
     def make_orphan_directory(self, data: st.DataObject) -> None:
@@ -467,13 +476,12 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def store_agrees_with_model(self) -> None:
-        if self.store is None:
-            return
-        self.check_store(self.s, self.model)
+        for writer in self.writers:
+            self.check_store(writer, self.model)
 
     @invariant()
     def directories_match(self) -> None:
-        if self.store is None:
+        if not self.writers:
             return
         for image in self.model.images:
             directory = self.path / image.id
@@ -488,7 +496,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def readers_agree(self) -> None:
-        if self.store is None or self.reader is None:
+        if not self.writers or self.reader is None:
             return
         self.reader.refresh()
         expected = self.model.snapshot()
