@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from helpers import tree_bytes, tree_stat
-from model import ImageModel, canonical, diff_snapshots, snapshot_of_store
+from model import ImageModel, canonical, diff_snapshots, snapshot_of_store, unordered_digests
 
 from journalstore import Image, ImageStore
 from journalstore.errors import (
@@ -1314,3 +1314,37 @@ def test_read_write_open_creates_the_directory_private(tmp_path: Path) -> None:
     assert (path / ID_A).stat().st_mode & 0o777 == 0o700
     assert (path / ID_A / "k").stat().st_mode & 0o777 == 0o600
     assert (path / "images.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_reader_follows_several_compactions_at_once(store_dir: Path) -> None:
+    model = ImageModel()
+    with open_rw(store_dir) as s, ImageStore(store_dir, read_only=True) as reader:
+        start = reader.position
+        for i in range(3):
+            for args in ((hexid(f"c{i}"), [f"name{i}"]), (hexid(f"d{i}"), [f"name{i}-d"])):
+                s.create(*args, created=i)
+                model.create(*args, created=i)
+            s.add_names(hexid(f"c{i}"), [f"name{i}-d"])
+            model.add_names(hexid(f"c{i}"), [f"name{i}-d"])
+            s.compact()
+        s.set_big_data(hexid("c0"), "manifest", b"after the last snapshot")
+        model.set_big_data(hexid("c0"), "manifest", b"after the last snapshot")
+        assert reader.refresh() is True
+        assert reader.position == s.position
+        assert reader.position > start
+        assert_same(model, reader)
+        assert reader.big_data(hexid("c0"), "manifest") == b"after the last snapshot"
+
+
+def test_read_only_reader_of_a_containers_storage_dir_follows_its_import(fixture_copy: Path) -> None:
+    with ImageStore(fixture_copy, read_only=True) as reader:
+        before = snapshot_of_store(reader)
+        position = reader.position
+        assert reader.refresh() is False
+        with open_rw(fixture_copy) as s:  # imports the directory, then writes
+            assert unordered_digests(snapshot_of_store(s)) == unordered_digests(before)
+            s.create(ID_A, names=["new:1"])
+        assert reader.refresh() is True
+        assert reader.get("new:1").id == ID_A
+        assert reader.position >= position
+        assert len(reader.images()) == len(before["images"]) + 1

@@ -70,14 +70,25 @@ def _sha(data: bytes) -> str:
 
 # IDs with shared prefixes ("abc" is itself an ID and a prefix of two others), a non-hex one,
 # and names that collide with IDs and prefixes, so precedence and ambiguity come up often.
-IDS = ["abc0" + _hex("0")[4:], "abc1" + _hex("1")[4:], "abd0" + _hex("2")[4:], _hex("3"), "abc", "img-Z"]
-NAMES = ["n0", "n1", "n2", "n3", "repo/x:1", "abd", IDS[3], "abc1"]
+IDS = ["abc0" + _hex("0")[4:], "abc1" + _hex("1")[4:], "abd0" + _hex("2")[4:], _hex("3"), "abc", "img-Z", "ïd é"]
+NAMES = ["n0", "n1", "n2", "n3", "repo/x:1", "abd", IDS[3], "abc1", "名前:1", "with space"]
 STATIC_REFS = [*IDS, *NAMES, "ab", "abc0", "abd0", IDS[3][:8], "zz", "", "N0", "img"]
 DATA = [b"", b"m0", b"m1", b"\x00\xffbin"]
 DIGESTS = [_sha(b"d0"), _sha(b"d1"), "sha512:" + hashlib.sha512(b"d2").hexdigest(), _sha(b"m0")]
-KEYS = ["manifest", "manifest-2", "manifestZ", "config", "sha256:abc", "Some Key/odd", "sig.v1", "..", "MANIFEST"]
-LAYERS = ["L1", "l1", "Lx", "lX", "ab"]
-FLAG_KEYS = ["f0", "f1", "weird key é"]
+KEYS = [
+    "manifest",
+    "manifest-2",
+    "manifestZ",
+    "config",
+    "sha256:abc",
+    "Some Key/odd",
+    "sig.v1",
+    "..",
+    "MANIFEST",
+    "é/k",
+]
+LAYERS = ["L1", "l1", "Lx", "lX", "ab", "Élan"]
+FLAG_KEYS = ["f0", "f1", "weird key é", ""]
 DIGEST_UNIVERSE = [*DIGESTS, *(_sha(d) for d in DATA)]
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6)
