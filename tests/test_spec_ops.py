@@ -131,6 +131,7 @@ class TestNamesHistory:
 
     @pytest.mark.xfail(
         strict=True,
+        raises=AssertionError,
         reason="library bug: reducer._names removes only the first earlier occurrence of a pushed "
         "name, so duplicates given in names_history survive names operations (Go's addNameToHistory "
         "de-duplicates the whole history; SPEC §1 says names_history has no duplicates)",
@@ -143,6 +144,7 @@ class TestNamesHistory:
 
     @pytest.mark.xfail(
         strict=True,
+        raises=AssertionError,
         reason="library bug: create() stores names_history as given, duplicates included "
         "(SPEC §1: names_history has no duplicates)",
     )
@@ -888,6 +890,7 @@ class TestDigests:
 
     @pytest.mark.xfail(
         strict=True,
+        raises=AssertionError,
         reason="library bug: by_digest order is not kept across a snapshot: State.load (reducer.py) rebuilds the "
         "lists in images.json order, so after compact() a fresh open (or a reopen) orders them differently from "
         "the live instance and from a replay of the journal",
@@ -1105,6 +1108,7 @@ def test_create_is_all_or_nothing_with_big_data(store_dir: Path) -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=TypeError,
     reason="library bug: created is journaled as int nanoseconds, which msgpack cannot pack outside int64..uint64 "
     "(before 1677-09-21 or after 2554-07-21): create() fails with TypeError 'cannot journal a value of type int'",
 )
@@ -1126,6 +1130,7 @@ def test_created_outside_int64_ns_round_trips(store_dir: Path, created: datetime
 
 @pytest.mark.xfail(
     strict=True,
+    raises=TypeError,
     reason="library bug: opening read-write a containers/storage images.json whose image has no 'created' "
     "(or Go's zero time 0001-01-01T00:00:00Z) raises TypeError from snapshot.encode_twin: created_ns is below "
     "int64 and _write_twin only catches OSError",
@@ -1149,6 +1154,7 @@ def test_import_of_go_zero_creation_time(store_dir: Path, created: str | None) -
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="library bug: big-data files are renamed into place (BigDataFiles.install) before the commit record "
     "is appended, and readers take no lock: another instance reads the new bytes while the record still has the "
     "old size and digest, and reads bytes that are rolled back when the commit then fails (a dirty read)",
@@ -1178,6 +1184,7 @@ def test_other_instances_never_read_uncommitted_big_data(store_dir: Path, monkey
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="library bug: a nested batch() joins the outer transaction, so when the inner block raises (and the "
     "caller catches it) its writes are still committed by the outer block",
 )
@@ -1199,6 +1206,7 @@ def test_an_aborted_nested_batch_writes_nothing(store: ImageStore) -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="library bug: ImageStore._load_journal replaces self._cursor without closing the old one; an aborted "
     "batch that deleted and re-created an ID reloads the journal and leaks one file descriptor each time",
 )
@@ -1221,6 +1229,7 @@ def test_aborted_batches_leak_no_file_descriptors(store: ImageStore) -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="library bug: reducer._fold_equal compares str.lower(), which is not Go's strings.EqualFold: Go folds "
     "ς/σ/Σ and ſ/s/S together (Unicode simple case folding orbits), so remove_mapped_top_layer misses them",
 )
