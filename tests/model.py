@@ -718,11 +718,6 @@ def snapshot_of_store(store: Any, extra_digests: Iterable[str] = ()) -> dict[str
     }
 
 
-def unordered_digests(snapshot: Mapping[str, Any]) -> dict[str, Any]:
-    """The snapshot with each by_digest list sorted: compares membership, not order."""
-    return {**snapshot, "by_digest": {d: tuple(sorted(ids)) for d, ids in snapshot["by_digest"].items()}}
-
-
 def diff_snapshots(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
     """A short human-readable difference between two snapshots (for assertion messages)."""
     lines: list[str] = []

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURE
-from model import ImageModel, canonical, diff_snapshots, go_time_text, parse_go_time, snapshot_of_store
 
 from journalstore import ImageStore
 from journalstore.errors import StoreError
+
+from .conftest import FIXTURE
+from .model import ImageModel, canonical, diff_snapshots, go_time_text, parse_go_time, snapshot_of_store
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import tree_bytes, tree_stat
-from model import ImageModel, canonical, diff_snapshots, snapshot_of_store, unordered_digests
 
 from journalstore import Image, ImageStore
 from journalstore.errors import (
@@ -35,6 +33,9 @@ from journalstore.errors import (
     StoreError,
     StoreIsReadOnly,
 )
+
+from .helpers import tree_bytes, tree_stat
+from .model import ImageModel, canonical, diff_snapshots, snapshot_of_store
 
 ID_A = "a" * 64
 ID_B = "b" * 64
@@ -129,25 +130,12 @@ class TestNamesHistory:
     def test_create_deduplicates_names_in_order(self, store: ImageStore) -> None:
         assert store.create(ID_A, names=["b", "a", "b", "c", "a"]).names == ("b", "a", "c")
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason="library bug: reducer._names removes only the first earlier occurrence of a pushed "
-        "name, so duplicates given in names_history survive names operations (Go's addNameToHistory "
-        "de-duplicates the whole history; SPEC §1 says names_history has no duplicates)",
-    )
     def test_names_operation_leaves_no_duplicate_in_history(self, store: ImageStore) -> None:
         store.create(ID_A, names=["x"], names_history=["h", "h", "x"])
         store.add_names(ID_A, ["z"])
         # Go: push z -> [z,h,x]; push x -> [x,z,h]
         assert store.get(ID_A).names_history == ("x", "z", "h")
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason="library bug: create() stores names_history as given, duplicates included "
-        "(SPEC §1: names_history has no duplicates)",
-    )
     def test_create_history_has_no_duplicates(self, store: ImageStore) -> None:
         try:
             image = store.create(ID_A, names_history=["h", "g", "h"])
@@ -888,13 +876,6 @@ class TestDigests:
         assert [i.id for i in store.by_digest(sha(shared))] == [ID_C, ID_A]
         assert_same(model, store)
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason="library bug: by_digest order is not kept across a snapshot: State.load (reducer.py) rebuilds the "
-        "lists in images.json order, so after compact() a fresh open (or a reopen) orders them differently from "
-        "the live instance and from a replay of the journal",
-    )
     def test_by_digest_order_survives_compaction(self, store_dir: Path) -> None:
         shared = b"same manifest"
         with open_rw(store_dir) as s:
@@ -962,7 +943,7 @@ class TestRecords:
             assert again.to_json() == doc
 
     def test_fixture_records_round_trip_exactly(self) -> None:
-        from conftest import FIXTURE
+        from .conftest import FIXTURE
 
         if not FIXTURE.exists():
             pytest.skip("golden fixture not found")
@@ -1106,12 +1087,6 @@ def test_create_is_all_or_nothing_with_big_data(store_dir: Path) -> None:
 # ============================================================================ creation times Go can hold
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="library bug: created is journaled as int nanoseconds, which msgpack cannot pack outside int64..uint64 "
-    "(before 1677-09-21 or after 2554-07-21): create() fails with TypeError 'cannot journal a value of type int'",
-)
 @pytest.mark.parametrize(
     ("created", "text"),
     [
@@ -1128,13 +1103,6 @@ def test_created_outside_int64_ns_round_trips(store_dir: Path, created: datetime
         assert ro.get(ID_A).to_json()["created"] == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="library bug: opening read-write a containers/storage images.json whose image has no 'created' "
-    "(or Go's zero time 0001-01-01T00:00:00Z) raises TypeError from snapshot.encode_twin: created_ns is below "
-    "int64 and _write_twin only catches OSError",
-)
 @pytest.mark.parametrize("created", [None, "0001-01-01T00:00:00Z"])
 def test_import_of_go_zero_creation_time(store_dir: Path, created: str | None) -> None:
     store_dir.mkdir()
@@ -1152,13 +1120,6 @@ def test_import_of_go_zero_creation_time(store_dir: Path, created: str | None) -
 # ============================================================================ isolation and resources
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library bug: big-data files are renamed into place (BigDataFiles.install) before the commit record "
-    "is appended, and readers take no lock: another instance reads the new bytes while the record still has the "
-    "old size and digest, and reads bytes that are rolled back when the commit then fails (a dirty read)",
-)
 def test_other_instances_never_read_uncommitted_big_data(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from journalstore import failpoints
 
@@ -1182,12 +1143,6 @@ def test_other_instances_never_read_uncommitted_big_data(store_dir: Path, monkey
         assert seen == [(b"old", 3)]  # ... and nobody may have seen it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library bug: a nested batch() joins the outer transaction, so when the inner block raises (and the "
-    "caller catches it) its writes are still committed by the outer block",
-)
 def test_an_aborted_nested_batch_writes_nothing(store: ImageStore) -> None:
     with store.batch():
         store.create(ID_A)
@@ -1204,12 +1159,6 @@ def test_an_aborted_nested_batch_writes_nothing(store: ImageStore) -> None:
     assert not (Path(store.path) / ID_B).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library bug: ImageStore._load_journal replaces self._cursor without closing the old one; an aborted "
-    "batch that deleted and re-created an ID reloads the journal and leaks one file descriptor each time",
-)
 def test_aborted_batches_leak_no_file_descriptors(store: ImageStore) -> None:
     store.create(ID_A)
 
@@ -1227,12 +1176,6 @@ def test_aborted_batches_leak_no_file_descriptors(store: ImageStore) -> None:
     assert open_fds() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library bug: reducer._fold_equal compares str.lower(), which is not Go's strings.EqualFold: Go folds "
-    "ς/σ/Σ and ſ/s/S together (Unicode simple case folding orbits), so remove_mapped_top_layer misses them",
-)
 @pytest.mark.parametrize(("stored", "given"), [("ς", "σ"), ("Σ", "ς"), ("ſ", "s"), ("layerſ", "LAYERS")])
 def test_mapped_layer_removal_folds_case_like_go(store: ImageStore, stored: str, given: str) -> None:
     store.create(ID_A)
@@ -1351,7 +1294,7 @@ def test_read_only_reader_of_a_containers_storage_dir_follows_its_import(fixture
         position = reader.position
         assert reader.refresh() is False
         with open_rw(fixture_copy) as s:  # imports the directory, then writes
-            assert unordered_digests(snapshot_of_store(s)) == unordered_digests(before)
+            assert snapshot_of_store(s) == before
             s.create(ID_A, names=["new:1"])
         assert reader.refresh() is True
         assert reader.get("new:1").id == ID_A

@@ -20,21 +20,21 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from helpers import lookup_id, tree_bytes
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from model import (
+
+from journalstore import ImageStore
+from journalstore.errors import InvalidFlagValue, InvalidName, StoreError
+
+from .helpers import lookup_id, tree_bytes
+from .model import (
     ImageModel,
     big_data_file_name,
     canonical_image,
     diff_snapshots,
     snapshot_of_store,
-    unordered_digests,
 )
-
-from journalstore import ImageStore
-from journalstore.errors import InvalidFlagValue, InvalidName, StoreError
 
 settings.register_profile(
     "journalstore",
@@ -352,10 +352,10 @@ class StoreMachine(RuleBasedStateMachine):
                 self.check_store(self.s, shadow)
                 assert self.reader.refresh() is False
                 seen = snapshot_of_store(self.reader, [*DIGEST_UNIVERSE, *self.model.by_digest_lists])
-                assert unordered_digests(seen) == unordered_digests(before)
+                assert seen == before
                 other = self.writers[1 - self.active]
                 seen = snapshot_of_store(other, [*DIGEST_UNIVERSE, *self.model.by_digest_lists])
-                assert unordered_digests(seen) == unordered_digests(before), "the other writer saw the batch"
+                assert seen == before, "the other writer saw the batch"
                 if abort:
                     raise _Abort
         except _Abort:
@@ -457,17 +457,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ checks
 
-    def digest_order_is_kept(self) -> bool:
-        """Whether by_digest order can be compared strictly: not once a snapshot exists, since
-        the library then loads by_digest lists in images.json order (a known library bug, see
-        test_spec_ops.py::TestDigests::test_by_digest_order_survives_compaction)."""
-        return not (self.path / "images.json").exists()
-
     def check_store(self, store: ImageStore, model: ImageModel) -> None:
         expected = model.snapshot()
         actual = snapshot_of_store(store, [*DIGEST_UNIVERSE, *model.by_digest_lists])
-        if not self.digest_order_is_kept():
-            expected, actual = unordered_digests(expected), unordered_digests(actual)
         assert expected == actual, diff_snapshots(expected, actual)
         refs = set(STATIC_REFS)
         for image in model.images:
@@ -512,8 +504,6 @@ class StoreMachine(RuleBasedStateMachine):
         self.reader.refresh()
         expected = self.model.snapshot()
         following = snapshot_of_store(self.reader, [*DIGEST_UNIVERSE, *self.model.by_digest_lists])
-        if not self.digest_order_is_kept():
-            expected, following = unordered_digests(expected), unordered_digests(following)
         assert expected == following, "following reader:\n" + diff_snapshots(expected, following)
         with ImageStore(self.path, read_only=True) as fresh:
             self.check_store(fresh, self.model)
