@@ -139,8 +139,11 @@ class State:
         self.count -= 1
 
     def _reorder(self, order: list[str]) -> None:
+        # In place: earlier undo entries hold bound methods of this very dict.
         images = self.images
-        self.images = {key: images.get(key) for key in order}
+        items = [(key, images.get(key)) for key in order]
+        images.clear()
+        images.update(items)
 
     def replace(self, image: Image) -> None:
         """Swap a record for its changed copy, keeping its place in the order."""
