@@ -200,6 +200,11 @@ class State:
             return (found,)
         return tuple(found)
 
+    def images_with_digest(self, digest: str) -> list[Image]:
+        """The records with this digest, in by_digest order."""
+        found = (self.images.get(i) for i in self.digest_ids(digest))
+        return [image for image in found if image is not None]
+
     def add_digest(self, digest: str, image_id: str) -> None:
         """Add the image at the end of the digest's list unless it is there already."""
         by_digest = self.by_digest

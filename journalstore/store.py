@@ -102,6 +102,14 @@ def _journal_file_segment(name: str) -> int | None:
     return None
 
 
+def _check_key_argument(key: object) -> None:
+    """A big-data key given to a read: a non-empty string (any such key may be asked for)."""
+    if not isinstance(key, str):
+        raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
+    if not key:
+        raise InvalidBigDataName("big-data key is empty")
+
+
 def _is_hex_id(name: str) -> bool:
     return len(name) == 64 and _HEX64.issuperset(name)
 
@@ -1011,9 +1019,7 @@ class ImageStore:
         if not isinstance(digest, str):
             raise TypeError(f"digest must be a string, not {type(digest).__name__}")
         with self._mutex:
-            state = self._fresh()
-            found = [state.get(i) for i in state.digest_ids(digest)]
-            return [image for image in found if image is not None]
+            return self._fresh().images_with_digest(digest)
 
     def metadata(self, ref: str) -> str:
         """The image's metadata string."""
@@ -1031,10 +1037,7 @@ class ImageStore:
         prepare record is in the journal, its commit is not), the old bytes are read from the
         backup that writer keeps until its commit.
         """
-        if not isinstance(key, str):
-            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
-        if not key:
-            raise InvalidBigDataName("big-data key is empty")
+        _check_key_argument(key)
         with self._mutex:
             for attempt in range(200):
                 image = self._find(self._fresh(), ref)
@@ -1073,10 +1076,7 @@ class ImageStore:
 
     def big_data_size(self, ref: str, key: str) -> int:
         """The recorded size of a big-data item (or the length of its data)."""
-        if not isinstance(key, str):
-            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
-        if not key:
-            raise InvalidBigDataName("big-data key is empty")
+        _check_key_argument(key)
         image = self.get(ref)
         size = image.big_data_sizes.get(key)
         if size is not None:
@@ -1088,10 +1088,7 @@ class ImageStore:
 
     def big_data_digest(self, ref: str, key: str) -> str:
         """The recorded digest of a big-data item."""
-        if not isinstance(key, str):
-            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
-        if not key:
-            raise InvalidBigDataName("big-data key is empty")
+        _check_key_argument(key)
         image = self.get(ref)
         digest = image.big_data_digests.get(key)
         if digest is None:
