@@ -174,6 +174,13 @@ class StoreMachine(RuleBasedStateMachine):
     def s(self) -> ImageStore:
         return self.writers[self.active]
 
+    def settled_tree(self) -> dict[str, tuple[str, str]]:
+        """The file tree once no automatic compaction runs in the background (since ec1d9ee one
+        may still be writing files after the write that started it returned)."""
+        for writer in self.writers:
+            writer._wait_for_compaction()
+        return tree_bytes(self.path)
+
     @rule(index=st.integers(0, 1))
     def switch_writer(self, index: int) -> None:
         self.active = index
@@ -341,7 +348,7 @@ class StoreMachine(RuleBasedStateMachine):
         shadow = self.model.copy()
         assert self.reader is not None
         self.reader.refresh()
-        files = tree_bytes(self.path)
+        files = self.settled_tree()
         before = self.model.snapshot()
         orphans = set(self.orphans)
         try:
@@ -435,7 +442,7 @@ class StoreMachine(RuleBasedStateMachine):
                 ]
             )
         )
-        files = tree_bytes(self.path)
+        files = self.settled_tree()
         position = self.s.position
         before = self.model.snapshot()
         name, args, kwargs = op
