@@ -79,6 +79,16 @@ class _Plan(NamedTuple):
     offset: int
 
 
+class _Staged(NamedTuple):
+    """A snapshot written to temporary files, not yet renamed into place."""
+
+    archive: str  # its name in journal/
+    digest: str
+    size: int
+    tmp: str
+    twin_tmp: str
+
+
 class _Txn:
     """What one write transaction (a single call or a whole batch) has done so far."""
 
@@ -689,16 +699,21 @@ class ImageStore:
 
     def _compact_in_background(self, plan: _Plan) -> None:
         try:
-            reference = self._write_snapshot(plan)
-            with self._mutex:
-                if self._lock is None or self._cursor is None or os.getpid() != self._pid:
-                    return  # closed (or forked) meanwhile: the snapshot is an unused archive
-                self._acquire()
-                try:
-                    if self._cursor.segment == plan.segment:  # nobody rotated meanwhile
-                        self._rotate(plan, reference)
-                finally:
-                    self._lock.release()
+            # Encoded and written without the lock, but put in place only under it: the archive's
+            # name is the next segment's, which another writer may have created meanwhile.
+            staged = self._stage_snapshot(plan)
+            try:
+                with self._mutex:
+                    if self._lock is None or self._cursor is None or os.getpid() != self._pid:
+                        return  # closed (or forked) meanwhile: the snapshot is not needed
+                    self._acquire()
+                    try:
+                        if self._cursor.segment == plan.segment:  # nobody rotated meanwhile
+                            self._rotate(plan, self._install_snapshot(plan, staged))
+                    finally:
+                        self._lock.release()
+            finally:
+                self._discard_snapshot(staged)  # what was not put in place
         except Exception as exc:  # a failed compaction loses nothing: the journal still holds it all
             warnings.warn(f"automatic compaction of {self.path} failed: {exc}", StoreWarning, stacklevel=2)
 
@@ -771,22 +786,54 @@ class ImageStore:
         self._rotate(plan, self._write_snapshot(plan))
 
     def _write_snapshot(self, plan: _Plan) -> dict[str, Any]:
-        """Write the archive (and its twin) of segment `plan.segment + 1`; returns its reference."""
-        disk = self._disk
+        """Write the archive (and its twin) of segment `plan.segment + 1`; returns its reference.
+        The caller holds the lock and has caught up: no other writer can create that segment."""
+        return self._install_snapshot(plan, self._stage_snapshot(plan))
+
+    def _stage_snapshot(self, plan: _Plan) -> _Staged:
+        """Encode the snapshot into temporary files of this thread's own (needs no lock)."""
         segment = plan.segment + 1
         data = snap.encode(plan.images)
         archive = snap.archive_name(segment)
         digest = snap.snapshot_digest(data)
-        archive_path = os.path.join(self._journal_dir, archive)
-        tmp = f"{archive_path}.tmp-{os.getpid()}-{threading.get_ident()}"
-        disk.write_file(tmp, data, sync=self._sync)
+        suffix = f".tmp-{os.getpid()}-{threading.get_ident()}"
+        tmp = os.path.join(self._journal_dir, archive) + suffix
+        self._disk.write_file(tmp, data, sync=self._sync)
+        twin = os.path.join(self._journal_dir, snap.twin_name(segment))
+        try:
+            twin_data = snap.encode_twin(plan.images, plan.digest_orders, digest, len(data))
+            self._disk.write_file(twin + suffix, twin_data, sync=False)
+        except OSError as exc:
+            warnings.warn(f"could not write {twin}: {exc}", StoreWarning, stacklevel=4)
+        return _Staged(archive, digest, len(data), tmp, twin + suffix)
+
+    def _install_snapshot(self, plan: _Plan, staged: _Staged) -> dict[str, Any]:
+        """Rename a staged snapshot into place (lock held, segment `plan.segment` not rotated)."""
+        disk = self._disk
+        archive_path = os.path.join(self._journal_dir, staged.archive)
         failpoints.hit("snapshot-before-rename")
-        disk.rename(tmp, archive_path)
+        disk.rename(staged.tmp, archive_path)
         if self._sync:
             disk.fsync_dir(self._journal_dir)
         failpoints.hit("snapshot-after-archive")
-        self._write_twin(segment, plan.images, plan.digest_orders, digest, len(data))
-        return {"file": archive, "xxh3": digest, "size": len(data), "seq": plan.seq, "offset": plan.offset}
+        twin = os.path.join(self._journal_dir, snap.twin_name(plan.segment + 1))
+        try:
+            disk.rename(staged.twin_tmp, twin)
+        except OSError as exc:  # best effort: a missing twin only makes a cold open parse JSON
+            if disk.exists(staged.twin_tmp):
+                warnings.warn(f"could not write {twin}: {exc}", StoreWarning, stacklevel=4)
+        return {
+            "file": staged.archive,
+            "xxh3": staged.digest,
+            "size": staged.size,
+            "seq": plan.seq,
+            "offset": plan.offset,
+        }
+
+    def _discard_snapshot(self, staged: _Staged) -> None:
+        for path in (staged.tmp, staged.twin_tmp):
+            with contextlib.suppress(FileNotFoundError):
+                self._disk.unlink(path)
 
     def _rotate(self, plan: _Plan, reference: dict[str, Any]) -> None:
         """Close the segment with an end marker and start the next from the snapshot (lock held).
