@@ -692,10 +692,11 @@ class ImageStore:
         state = self._state
         images = [image for image in state.images.values() if image is not None]
         plan = _Plan(images, state.digest_orders(), state.seq, cursor.segment, cursor.offset)
-        self._compactor = threading.Thread(
+        compactor = threading.Thread(
             target=self._compact_in_background, args=(plan,), name="journalstore-compaction", daemon=True
         )
-        self._compactor.start()
+        compactor.start()  # before other threads can see it: joining an unstarted thread raises
+        self._compactor = compactor
 
     def _compact_in_background(self, plan: _Plan) -> None:
         try:
@@ -718,10 +719,10 @@ class ImageStore:
             warnings.warn(f"automatic compaction of {self.path} failed: {exc}", StoreWarning, stacklevel=2)
 
     def _wait_for_compaction(self) -> None:
+        # Not reset to None afterwards: another thread may have started the next one meanwhile.
         compactor = self._compactor
         if compactor is not None and compactor is not threading.current_thread():
             compactor.join()
-        self._compactor = None
 
     def _repair(self) -> None:
         """Finish what a writer that died left undone (caller holds the lock, has caught up)."""
@@ -1382,6 +1383,9 @@ class ImageStore:
         Returns False (and writes nothing) when images.json already holds the current state:
         no record was appended since the last snapshot.
         """
+        with self._mutex:
+            if self._txn is not None:  # waiting below would deadlock: the compactor needs the mutex
+                raise StoreError("this operation cannot run inside batch()")
         self._wait_for_compaction()
         with self._locked():
             cursor = self._cursor

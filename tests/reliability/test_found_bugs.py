@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 
-from journalstore import ImageStore, StoreWarning
+import pytest
+
+from journalstore import ImageStore, StoreError, StoreWarning
+from journalstore import store as store_module
 from journalstore.fsio import Disk
 
 
@@ -64,3 +68,71 @@ def test_a_late_background_compaction_does_not_overwrite_the_archive_of_another(
             assert [i.names for i in fresh.images()] == [("a",), ("b",), ("c",), ("d",)]
             report = fresh.verify()
     assert report.ok, report.problems
+
+
+def test_compact_from_another_thread_while_a_background_compaction_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the concurrency suite (threads): compact() in one thread, while a write in
+    another thread was starting an automatic compaction, joined the compactor thread between
+    its creation and its start(): RuntimeError("cannot join thread before it is started")."""
+    starting = threading.Event()
+
+    class SlowStart(threading.Thread):
+        def start(self) -> None:
+            if self.name == "journalstore-compaction":
+                starting.set()
+                time.sleep(0.3)  # widen the window between creating and starting the thread
+            super().start()
+
+    monkeypatch.setattr(store_module.threading, "Thread", SlowStart)
+    store = ImageStore(tmp_path / "s", fsync="never", compact_every=1)
+    errors: list[BaseException] = []
+
+    def compact_when_starting() -> None:
+        try:
+            assert starting.wait(30)
+            store.compact()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=compact_when_starting, daemon=True)
+    thread.start()
+    store.create(names=["a"])  # starts an automatic compaction
+    thread.join(30)
+    store.close()
+    assert errors == []
+    with ImageStore(tmp_path / "s", read_only=True) as fresh:
+        assert fresh.verify().ok
+
+
+def test_compact_inside_a_batch_during_a_background_compaction_raises_instead_of_hanging(tmp_path: Path) -> None:
+    """Found reading the code the concurrency suite exercises: compact() inside `with
+    store.batch()` first waited for the background compaction, which waits for the instance's
+    mutex the batch holds: a deadlock. It must refuse at once, as garbage_collect() does."""
+    held = _HeldSnapshotDisk()
+    store = ImageStore(tmp_path / "s", fsync="never", compact_every=1, disk=held)
+    store.create(names=["a"])  # starts a background compaction
+    assert held.entered.wait(30)
+    outcome: list[BaseException | None] = []
+
+    def compact_in_batch() -> None:
+        try:
+            with store.batch():
+                store.set_metadata("a", "m")
+                held.release.set()  # the compactor now wants the mutex this batch holds
+                time.sleep(0.2)
+                store.compact()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=compact_in_batch, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "compact() inside a batch hangs"
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreError), outcome
+    assert "batch" in str(outcome[0])
+    store.close()
+    with ImageStore(tmp_path / "s", read_only=True) as fresh:
+        assert fresh.metadata("a") == ""  # the batch was undone
