@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -252,6 +253,27 @@ def _check_after_kill(lane: Lane, killed: Killed, label: str) -> tuple[int, int,
 
 
 def _run_lane(lane: Lane, plan: list[Job], workdir: Path, totals: Totals, keep: bool) -> None:
+    try:
+        _run_trials(lane, plan, workdir, totals, keep)
+    except BaseException as exc:
+        # pytest keeps only its last few temporary directories: save the evidence elsewhere.
+        saved = Path(tempfile.gettempdir(), "journalstore-kill9-failures", f"{lane.path.name}-{time.time_ns()}")
+        shutil.copytree(lane.path, saved / "store", dirs_exist_ok=True)
+        shutil.copytree(workdir, saved / "logs", dirs_exist_ok=True)
+        raise AssertionError(f"{exc}\n(store and child logs saved in {saved})") from exc
+
+
+def _verify(lane: Lane) -> int:
+    """The whole journal checks out (checksums, seqs, every snapshot equals its replay)."""
+    with ImageStore(lane.path, read_only=True) as store:
+        report = store.verify()
+        assert report.ok, f"{lane.path.name}: verify() found {report.problems}"
+        seqs = [e.seq for e in store.history()]
+        assert seqs == sorted(seqs) and (not seqs or set(seqs) == set(range(seqs[0], seqs[-1] + 1)))
+        return store.seq
+
+
+def _run_trials(lane: Lane, plan: list[Job], workdir: Path, totals: Totals, keep: bool) -> None:
     for trial, (seed, failpoint) in enumerate(plan):
         rng = random.Random(seed)
         skip = rng.randint(0, _max_skip(failpoint)) if failpoint else 0
@@ -279,13 +301,11 @@ def _run_lane(lane: Lane, plan: list[Job], workdir: Path, totals: Totals, keep: 
             if applied is not None:
                 totals.in_flight += 1
                 totals.in_flight_applied += applied
-    with ImageStore(lane.path, read_only=True) as store:
-        report = store.verify()
-        assert report.ok, f"{lane.path.name}: verify() found {report.problems}"
-        seqs = [e.seq for e in store.history()]
-        assert seqs == sorted(seqs) and (not seqs or set(seqs) == set(range(seqs[0], seqs[-1] + 1)))
-        with totals.lock:
-            totals.records += store.seq
+        if trial % 25 == 24:
+            _verify(lane)
+    records = _verify(lane)
+    with totals.lock:
+        totals.records += records
     if not keep:
         shutil.rmtree(lane.path, ignore_errors=True)
 
