@@ -254,8 +254,8 @@ def _round(path: Path, tag: str, seed: int, writers: int, readers: int, ops: int
 
 def test_writer_and_reader_processes(tmp_path: Path, summary: Callable[..., None]) -> None:
     writers, readers = scale(4, 6), scale(2, 3)
-    ops = scale(80, 400)
-    rounds = scale(1, 4)
+    ops = scale(80, 600)
+    rounds = scale(1, 6)
     path = tmp_path / "store"
     ImageStore(path, fsync="never").close()
     logs: dict[str, list[Entry]] = {}
@@ -313,7 +313,7 @@ def test_writer_and_reader_processes(tmp_path: Path, summary: Callable[..., None
 
 def test_threads_on_one_instance(tmp_path: Path, summary: Callable[..., None]) -> None:
     writer_threads = 6
-    ops = scale(60, 600)
+    ops = scale(60, 1500)
     store = ImageStore(tmp_path / "store", fsync="never", compact_every=25)
     mutex = store._mutex  # held around each call and its log entry: the log is then in effect order
     log: list[tuple[str, Entry]] = []

@@ -35,10 +35,11 @@ from typing import Any
 
 import pytest
 
-from journalstore import ImageStore
+from journalstore import ImageStore, failpoints
 
 from ..helpers import tree_stat
 from ..model import snapshot_of_store
+from .conftest import STRESS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -75,6 +76,25 @@ CRASHES = [
         0,
     ),
 ]
+
+# Stress mode adds a writer killed at each of the other failpoints, in an operation that passes it.
+_OP_OF = {
+    "append": OPEN + 's.create("d" * 64, ["new"])',
+    "bigdata": OPEN + 's.set_big_data("keep", "manifest", b"new")',
+    "delete": OPEN + 's.delete("doomed")',
+    "snapshot": OPEN + "s.compact()",
+    "compact": OPEN + "s.compact()",
+}
+if STRESS:
+    _covered = {failpoint for _, _, failpoint, _ in CRASHES}
+    CRASHES += [
+        (f"at-{name}", _OP_OF[name.split("-", 1)[0]], name, 0) for name in failpoints.NAMES if name not in _covered
+    ]
+    CRASHES += [
+        (f"at-{name}-second-append", _OP_OF["bigdata"], name, 1)
+        for name in failpoints.NAMES
+        if name.startswith("append")
+    ]
 
 # Run by the unprivileged user: reads everything, tries every write, prints one JSON document.
 NOBODY_SCRIPT = """
