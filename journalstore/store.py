@@ -111,6 +111,16 @@ def _journal_file_segment(name: str) -> int | None:
     return None
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
 def _is_hex_id(name: str) -> bool:
     return len(name) == 64 and _HEX64.issuperset(name)
 
@@ -744,6 +754,7 @@ class ImageStore:
             self._publish()
         if not self._repaired:
             self._files.clean_staging()
+            self._remove_dead_temporaries()
             self._repaired = True
         self._needs_repair = False
         if self._foreign_data is not None:
@@ -751,6 +762,22 @@ class ImageStore:
         if self._compact_soon:
             self._compact_soon = False
             self._compact_locked()
+
+    def _remove_dead_temporaries(self) -> None:
+        """Delete temporary files in journal/ that writers killed mid-write left (lock held).
+
+        `NAME.tmp` files are only written under the lock, so none is in use now; `NAME.tmp-PID-TID`
+        files are written without it by a background compaction, so only those of a process that
+        no longer exists go.
+        """
+        for name in self._disk.listdir(self._journal_dir):
+            if not name.endswith(".tmp"):
+                head, _, tail = name.rpartition(".tmp-")
+                pid = tail.split("-", 1)[0]
+                if not head or not pid.isdigit() or _process_exists(int(pid)):
+                    continue
+            with contextlib.suppress(FileNotFoundError):
+                self._disk.unlink(os.path.join(self._journal_dir, name))
 
     def _keep_broken(self, tail: jn.Tail) -> None:
         """Keep a copy of bytes about to be cut from the journal (etcd's .broken file)."""

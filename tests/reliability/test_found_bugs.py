@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -136,3 +138,27 @@ def test_compact_inside_a_batch_during_a_background_compaction_raises_instead_of
     store.close()
     with ImageStore(tmp_path / "s", read_only=True) as fresh:
         assert fresh.metadata("a") == ""  # the batch was undone
+
+
+def test_temporary_files_of_killed_writers_are_removed_by_the_next_writer(tmp_path: Path) -> None:
+    """Found by the kill -9 suite: a writer killed while writing a snapshot (or a segment) left
+    its temporary file in journal/ for ever; long-lived stores collected one per such crash.
+    The next writer's repair removes those of processes that no longer exist, and keeps those a
+    live process (a background compaction, which writes without the lock) may be writing."""
+    root = tmp_path / "s"
+    with ImageStore(root, fsync="never") as store:
+        store.create(names=["a"])
+    code = "from journalstore import ImageStore\ns = ImageStore(ROOT)\ns.create(names=['b'])\ns.compact()"
+    env = {**os.environ, "JOURNALSTORE_FAILPOINT": "snapshot-before-rename"}
+    proc = subprocess.run([sys.executable, "-c", f"ROOT = {str(root)!r}\n" + code], env=env, check=False)
+    assert proc.returncode == -9
+    journal = root / "journal"
+    dead = sorted(p.name for p in journal.iterdir() if ".tmp-" in p.name)
+    assert dead, "the killed compaction left no temporary file"
+    (journal / "segment-00000009.tmp").write_bytes(b"left by a writer killed creating a segment")
+    alive = journal / f"snapshot-00000009.json.tmp-{os.getpid()}-1"
+    alive.write_bytes(b"being written by a live process")
+    with ImageStore(root, fsync="never") as store:
+        store.create(names=["c"])  # the first write repairs
+    left = sorted(p.name for p in journal.iterdir() if ".tmp" in p.name)
+    assert left == [alive.name]

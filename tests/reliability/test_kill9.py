@@ -192,7 +192,7 @@ def _match(label: str, got: dict[str, Any], without: dict[str, Any], with_: dict
 
 def _check_files(store: ImageStore, model: ImageModel) -> None:
     """Names unique; every big-data item has the model's bytes, its size and digest; no
-    directory without an image; nothing left in staging."""
+    directory without an image; no temporary file left in journal/, nothing in staging."""
     images = store.images()
     names = [n for image in images for n in image.names]
     assert len(names) == len(set(names)), f"a name on two images: {names}"
@@ -207,6 +207,8 @@ def _check_files(store: ImageStore, model: ImageModel) -> None:
     ids = {image.id for image in images}
     leftovers = [p.name for p in Path(store.path).iterdir() if p.is_dir() and len(p.name) == 64 and p.name not in ids]
     assert leftovers == [], f"directories without an image after garbage_collect(): {leftovers}"
+    temporaries = [p.name for p in Path(store.path, "journal").iterdir() if ".tmp" in p.name]
+    assert temporaries == [], f"temporary files of the killed writer left in journal/: {temporaries}"
     staging = Path(store.path, "journal", "staging")
     assert not staging.exists() or list(staging.iterdir()) == [], f"staging not empty: {list(staging.iterdir())}"
 
