@@ -139,8 +139,12 @@ class State:
         self.count -= 1
 
     def _reorder(self, order: list[str]) -> None:
+        # In place: undo entries logged before this one hold this very dict (`replace` logs its
+        # bound __setitem__); a new dict would make them restore records into a discarded one.
         images = self.images
-        self.images = {key: images.get(key) for key in order}
+        reordered = {key: images.get(key) for key in order}
+        images.clear()
+        images.update(reordered)
 
     def replace(self, image: Image) -> None:
         """Swap a record for its changed copy, keeping its place in the order."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -162,3 +163,35 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_writer(tmp_pa
         store.create(names=["c"])  # the first write repairs
     left = sorted(p.name for p in journal.iterdir() if ".tmp" in p.name)
     assert left == [alive.name]
+
+
+class _Abort(Exception):
+    pass
+
+
+def test_an_aborted_batch_that_deletes_and_recreates_an_image_changes_nothing(tmp_path: Path) -> None:
+    """Found by the kill -9 suite (a lost clear_flag and a phantom set_flag after a compaction):
+    a batch that deleted an image and created it again (same ID) logged a reorder in its undo
+    log, whose rollback replaced the state's dict of records by a new one; the undo entries of
+    the batch's other changes, logged earlier, then restored records into the discarded dict.
+    The aborted batch's set_flag stayed in the live state, and the next compaction wrote it to
+    images.json: the store then held a change nobody had committed."""
+    path = tmp_path / "s"
+    store = ImageStore(path, fsync="never")
+    store.create("a" * 64, ["x"])
+    store.create("b" * 64, ["y"], metadata="m")
+    with contextlib.suppress(_Abort), store.batch():
+        store.delete("x")
+        store.set_flag("y", "f", 1)
+        store.set_metadata("y", "changed")
+        store.create("a" * 64, ["x2"])  # the same ID again: it now goes last
+        raise _Abort
+    live = [image.to_json() for image in store.images()]
+    with ImageStore(path, read_only=True) as fresh:
+        assert live == [image.to_json() for image in fresh.images()]
+    assert store.get("y").flags == {} and store.metadata("y") == "m"
+    assert [image.id[0] for image in store.images()] == ["a", "b"]
+    store.compact()
+    store.close()
+    with ImageStore(path, read_only=True) as fresh:
+        assert live == [image.to_json() for image in fresh.images()]
