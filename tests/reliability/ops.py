@@ -306,11 +306,14 @@ class Drawer:
                 op["a"][0] = rng.choice(images).id
             return op
         if kind == "batch":
-            return {
-                "m": "batch",
-                "ops": [self.draw(images, in_batch=True) for _ in range(rng.randint(2, 5))],
-                "abort": rng.random() < 0.15,
-            }
+            ops = [self.draw(images, in_batch=True) for _ in range(rng.randint(2, 5))]
+            if images and rng.random() < 0.25:  # delete an image and create it again, same ID
+                victim = rng.choice(images)
+                again = self.create()
+                again["a"][0] = victim.id
+                ops.insert(0, {"m": "delete", "a": [victim.id]})
+                ops.insert(rng.randint(1, len(ops)), again)
+            return {"m": "batch", "ops": ops, "abort": rng.random() < 0.2}
         if kind in ("compact", "garbage_collect", "wipe"):
             return {"m": kind}
         ref = self.ref(images)
