@@ -1097,7 +1097,9 @@ class ImageStore:
                 cursor = self._cursor
                 if cursor is None:  # a directory containers/storage wrote: nothing to race with
                     return self._read_or_missing(image.id, key)
-                size = self._disk.size(cursor.fd)
+                # The journal size the state was caught up to, not its size now: a writer may have
+                # prepared and renamed its file in between, unseen by this state.
+                size = cursor.seen_size
                 data: bytes | None = None
                 with contextlib.suppress(FileNotFoundError):
                     data = self._disk.read_file(self._files.path(image.id, key))

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,64 @@ def test_an_aborted_batch_that_deletes_and_recreates_an_image_changes_nothing(tm
     store.close()
     with ImageStore(path, read_only=True) as fresh:
         assert live == [image.to_json() for image in fresh.images()]
+
+
+class _HoldAfterRename(Disk):
+    """A writer's disk that stops right after a big-data file is renamed into place: its prepare
+    record is in the journal, its commit is not."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.renamed = threading.Event()
+        self.release = threading.Event()
+
+    def rename(self, src: str, dst: str) -> None:
+        super().rename(src, dst)
+        if self.armed and src.endswith(".tmp") and os.sep + "staging" + os.sep in src:
+            self.renamed.set()
+            assert self.release.wait(30)
+
+
+class _HookOnSize(Disk):
+    """A reader's disk that runs `hook` once, inside its next size() call (after taking the size)."""
+
+    def __init__(self) -> None:
+        self.hook: Callable[[], None] | None = None
+
+    def size(self, fd: int) -> int:
+        value = super().size(fd)
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return value
+
+
+def test_a_lock_free_big_data_read_never_returns_uncommitted_bytes(tmp_path: Path) -> None:
+    """Found by the concurrency suite (a reader process read 7,595 bytes of an item its record
+    said had 176): big_data() caught up with the journal, then took the journal's size as the
+    start of its seqlock check. A writer that appended its prepare record and renamed the new
+    file into place between the two went unseen: the read returned the uncommitted bytes, and
+    the size check passed because the commit was not appended yet."""
+    path = tmp_path / "s"
+    held = _HoldAfterRename()
+    writer = ImageStore(path, fsync="never", disk=held)
+    writer.create("a" * 64, ["a"], big_data=[("config", b"old bytes")])
+    hooked = _HookOnSize()
+    reader = ImageStore(path, read_only=True, disk=hooked)
+    assert reader.big_data("a", "config") == b"old bytes"
+    thread = threading.Thread(target=writer.set_big_data, args=("a", "config", b"new, uncommitted bytes"))
+
+    def writer_replaces_the_file() -> None:  # runs between the reader's catch-up and its read
+        held.armed = True
+        thread.start()
+        assert held.renamed.wait(30)
+
+    hooked.hook = writer_replaces_the_file
+    try:
+        assert reader.big_data("a", "config") == b"old bytes"
+    finally:
+        held.release.set()
+        thread.join(30)
+    assert reader.big_data("a", "config") == b"new, uncommitted bytes"  # committed now
+    reader.close()
+    writer.close()
