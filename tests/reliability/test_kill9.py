@@ -13,13 +13,16 @@ After each kill:
   outcome, refusals included, reproduced), plus at most the one in flight, and changes no file;
 - a read-write open shows the same, and after garbage_collect() (which also makes it repair
   what the dead writer left) too; names are unique, no 64-hex directory without an image is
-  left, the staging directory is empty, every big-data item has its recorded bytes, size and
-  digest;
+  left, no temporary file in journal/, nothing in staging, every big-data item has its
+  recorded bytes, size and digest;
 - a few long-lived stores go on from trial to trial, accumulating history across many kills
-  (checked with verify() at the end); the other trials each start a fresh store.
+  (verify()'d every 25 trials and at the end: checksums, and every snapshot equal to the replay
+  of the journal up to it); the other trials each start a fresh store.
 
-Reproduce a failing trial with the seed printed in the assertion message:
-JOURNALSTORE_KILL9_SEED=<seed> pytest tests/reliability/test_kill9.py.
+Short (make test): 34 trials, two at a time, about 10 s. Stress: 1,020 trials, about 5 min.
+A failing lane's store and the child logs are copied to $TMPDIR/journalstore-kill9-failures.
+A trial on a fresh store is replayed with the seed (and failpoint) its message prints:
+JOURNALSTORE_KILL9_SEED=<seed> JOURNALSTORE_KILL9_FAILPOINT=<name> pytest tests/reliability/test_kill9.py
 """
 
 from __future__ import annotations
