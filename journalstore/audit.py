@@ -503,6 +503,7 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
         ):
             report.problems.append(f"segment {number}: its snapshot {reference.get('file')} is missing or damaged")
 
+    check_snapshot()  # a segment may start where the first one does (compacted before any record)
     done = 0
     for number in segs:
         cursor = jn.Cursor(disk, journal.dir, number, writable=False)

@@ -80,6 +80,16 @@ class _Plan(NamedTuple):
     offset: int
 
 
+class _Staged(NamedTuple):
+    """A snapshot written to temporary files, not yet renamed into place."""
+
+    archive: str  # its name in journal/
+    digest: str
+    size: int
+    tmp: str
+    twin_tmp: str
+
+
 class _Txn:
     """What one write transaction (a single call or a whole batch) has done so far."""
 
@@ -108,6 +118,16 @@ def _check_key_argument(key: object) -> None:
         raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
     if not key:
         raise InvalidBigDataName("big-data key is empty")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _is_hex_id(name: str) -> bool:
@@ -707,23 +727,29 @@ class ImageStore:
         state = self._state
         images = [image for image in state.images.values() if image is not None]
         plan = _Plan(images, state.digest_orders(), state.seq, cursor.segment, cursor.offset)
-        self._compactor = threading.Thread(
+        compactor = threading.Thread(
             target=self._compact_in_background, args=(plan,), name="journalstore-compaction", daemon=True
         )
-        self._compactor.start()
+        compactor.start()  # before other threads can see it: joining an unstarted thread raises
+        self._compactor = compactor
 
     def _compact_in_background(self, plan: _Plan) -> None:
         try:
-            reference = self._write_snapshot(plan)
-            with self._mutex:
-                if self._lock is None or self._cursor is None or os.getpid() != self._pid:
-                    return  # closed (or forked) meanwhile: the snapshot is an unused archive
-                self._acquire()
-                try:
-                    if self._cursor.segment == plan.segment:  # nobody rotated meanwhile
-                        self._rotate(plan, reference)
-                finally:
-                    self._lock.release()
+            # Encoded and written without the lock, but put in place only under it: the archive's
+            # name is the next segment's, which another writer may have created meanwhile.
+            staged = self._stage_snapshot(plan)
+            try:
+                with self._mutex:
+                    if self._lock is None or self._cursor is None or os.getpid() != self._pid:
+                        return  # closed (or forked) meanwhile: the snapshot is not needed
+                    self._acquire()
+                    try:
+                        if self._cursor.segment == plan.segment:  # nobody rotated meanwhile
+                            self._rotate(plan, self._install_snapshot(plan, staged))
+                    finally:
+                        self._lock.release()
+            finally:
+                self._discard_snapshot(staged)  # what was not put in place
         except Exception as exc:  # a failed compaction loses nothing: the journal still holds it all
             warnings.warn(f"automatic compaction of {self.path} failed: {exc}", StoreWarning, stacklevel=2)
 
@@ -736,10 +762,10 @@ class ImageStore:
         self._wait_for_compaction()
 
     def _wait_for_compaction(self) -> None:
+        # Not reset to None afterwards: another thread may have started the next one meanwhile.
         compactor = self._compactor
         if compactor is not None and compactor is not threading.current_thread():
             compactor.join()
-        self._compactor = None
 
     def _repair(self) -> None:
         """Finish what a writer that died left undone (caller holds the lock, has caught up)."""
@@ -761,6 +787,7 @@ class ImageStore:
             self._publish()
         if not self._repaired:
             self._files.clean_staging()
+            self._remove_dead_temporaries()
             self._repaired = True
         self._needs_repair = False
         if self._foreign_data is not None:
@@ -768,6 +795,22 @@ class ImageStore:
         if self._compact_soon:
             self._compact_soon = False
             self._compact_locked()
+
+    def _remove_dead_temporaries(self) -> None:
+        """Delete temporary files in journal/ that writers killed mid-write left (lock held).
+
+        `NAME.tmp` files are only written under the lock, so none is in use now; `NAME.tmp-PID-TID`
+        files are written without it by a background compaction, so only those of a process that
+        no longer exists go.
+        """
+        for name in self._disk.listdir(self._journal_dir):
+            if not name.endswith(".tmp"):
+                head, _, tail = name.rpartition(".tmp-")
+                pid = tail.split("-", 1)[0]
+                if not head or not pid.isdigit() or _process_exists(int(pid)):
+                    continue
+            with contextlib.suppress(FileNotFoundError):
+                self._disk.unlink(os.path.join(self._journal_dir, name))
 
     def _keep_broken(self, tail: jn.Tail) -> None:
         """Keep a copy of bytes about to be cut from the journal (etcd's .broken file)."""
@@ -804,22 +847,54 @@ class ImageStore:
         self._rotate(plan, self._write_snapshot(plan))
 
     def _write_snapshot(self, plan: _Plan) -> dict[str, Any]:
-        """Write the archive (and its twin) of segment `plan.segment + 1`; returns its reference."""
-        disk = self._disk
+        """Write the archive (and its twin) of segment `plan.segment + 1`; returns its reference.
+        The caller holds the lock and has caught up: no other writer can create that segment."""
+        return self._install_snapshot(plan, self._stage_snapshot(plan))
+
+    def _stage_snapshot(self, plan: _Plan) -> _Staged:
+        """Encode the snapshot into temporary files of this thread's own (needs no lock)."""
         segment = plan.segment + 1
         data = snap.encode(plan.images)
         archive = snap.archive_name(segment)
         digest = snap.snapshot_digest(data)
-        archive_path = os.path.join(self._journal_dir, archive)
-        tmp = f"{archive_path}.tmp-{os.getpid()}-{threading.get_ident()}"
-        disk.write_file(tmp, data, sync=self._sync)
+        suffix = f".tmp-{os.getpid()}-{threading.get_ident()}"
+        tmp = os.path.join(self._journal_dir, archive) + suffix
+        self._disk.write_file(tmp, data, sync=self._sync)
+        twin = os.path.join(self._journal_dir, snap.twin_name(segment))
+        try:
+            twin_data = snap.encode_twin(plan.images, plan.digest_orders, digest, len(data))
+            self._disk.write_file(twin + suffix, twin_data, sync=False)
+        except OSError as exc:
+            warnings.warn(f"could not write {twin}: {exc}", StoreWarning, stacklevel=4)
+        return _Staged(archive, digest, len(data), tmp, twin + suffix)
+
+    def _install_snapshot(self, plan: _Plan, staged: _Staged) -> dict[str, Any]:
+        """Rename a staged snapshot into place (lock held, segment `plan.segment` not rotated)."""
+        disk = self._disk
+        archive_path = os.path.join(self._journal_dir, staged.archive)
         failpoints.hit("snapshot-before-rename")
-        disk.rename(tmp, archive_path)
+        disk.rename(staged.tmp, archive_path)
         if self._sync:
             disk.fsync_dir(self._journal_dir)
         failpoints.hit("snapshot-after-archive")
-        self._write_twin(segment, plan.images, plan.digest_orders, digest, len(data))
-        return {"file": archive, "xxh3": digest, "size": len(data), "seq": plan.seq, "offset": plan.offset}
+        twin = os.path.join(self._journal_dir, snap.twin_name(plan.segment + 1))
+        try:
+            disk.rename(staged.twin_tmp, twin)
+        except OSError as exc:  # best effort: a missing twin only makes a cold open parse JSON
+            if disk.exists(staged.twin_tmp):
+                warnings.warn(f"could not write {twin}: {exc}", StoreWarning, stacklevel=4)
+        return {
+            "file": staged.archive,
+            "xxh3": staged.digest,
+            "size": staged.size,
+            "seq": plan.seq,
+            "offset": plan.offset,
+        }
+
+    def _discard_snapshot(self, staged: _Staged) -> None:
+        for path in (staged.tmp, staged.twin_tmp):
+            with contextlib.suppress(FileNotFoundError):
+                self._disk.unlink(path)
 
     def _rotate(self, plan: _Plan, reference: dict[str, Any]) -> None:
         """Close the segment with an end marker and start the next from the snapshot (lock held).
@@ -1050,7 +1125,9 @@ class ImageStore:
                 cursor = self._cursor
                 if cursor is None:  # a directory containers/storage wrote: nothing to race with
                     return self._read_or_missing(image.id, key)
-                size = self._disk.size(cursor.fd)
+                # The journal size the state was caught up to, not its size now: a writer may have
+                # prepared and renamed its file in between, unseen by this state.
+                size = cursor.seen_size
                 data: bytes | None = None
                 with contextlib.suppress(FileNotFoundError):
                     data = self._disk.read_file(self._files.path(image.id, key))
@@ -1359,6 +1436,9 @@ class ImageStore:
         Returns False (and writes nothing) when images.json already holds the current state:
         no record was appended since the last snapshot.
         """
+        with self._mutex:
+            if self._txn is not None:  # waiting below would deadlock: the compactor needs the mutex
+                raise StoreError("this operation cannot run inside batch()")
         self._wait_for_compaction()
         with self._locked():
             cursor = self._cursor
