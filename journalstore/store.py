@@ -1507,6 +1507,9 @@ class ImageStore:
 
     def close(self) -> None:
         """Finish an automatic compaction in progress, then release the journal and lock."""
+        with self._mutex:
+            if self._txn is not None:  # waiting below would deadlock: the compactor needs the mutex
+                raise StoreError("close() cannot run inside batch(): leave the batch first")
         self._wait_for_compaction()
         with self._mutex:
             if self._cursor is not None:

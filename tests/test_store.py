@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from journalstore import ImageStore, LockTimeout, StoreIsReadOnly
+from journalstore import ImageStore, LockTimeout, StoreError, StoreIsReadOnly
 from journalstore.fsio import DEFAULT_DISK
 from journalstore.locking import WriterLock
 
@@ -168,3 +168,14 @@ def test_closed_store_refuses_writes(store_dir: Path) -> None:
     s.close()
     with pytest.raises(StoreIsReadOnly, match="closed"):
         s.create(names=["x"])
+
+
+def test_close_inside_a_batch_is_refused_not_deadlocked(store_dir: Path) -> None:
+    s = ImageStore(store_dir, fsync="never")
+    with s.batch():
+        s.create(names=["a"])
+        with pytest.raises(StoreError, match="inside batch"):
+            s.close()
+    s.close()
+    with ImageStore(store_dir, read_only=True) as r:
+        assert r.exists("a")
