@@ -177,7 +177,7 @@ class ImageStore:
                 raise StoreNotFound(f"no store at {self.path}")
         else:
             try:
-                disk.makedirs(self.path, 0o700)
+                self._make_directory()
             except PermissionError:
                 if not disk.is_dir(self.path):
                     raise
@@ -202,6 +202,20 @@ class ImageStore:
         if self._foreign_data is not None and not self._read_only:
             with self._locked():
                 pass  # the repair step merges the foreign images.json
+
+    def _make_directory(self) -> None:
+        """Create the store directory and its missing parents, each entry made durable: without
+        an fsync of its parent, a power cut could lose a new store with every write in it."""
+        disk = self._disk
+        missing: list[str] = []
+        path = self.path
+        while not disk.is_dir(path) and os.path.dirname(path) != path:
+            missing.append(path)
+            path = os.path.dirname(path)
+        disk.makedirs(self.path, 0o700)
+        if self._sync:
+            for created in reversed(missing):
+                disk.fsync_dir(os.path.dirname(created))
 
     def _fall_back_read_only(self, reason: str) -> None:
         self._read_only = True
