@@ -375,8 +375,7 @@ class StoreView:
         return list(self._state)
 
     def by_digest(self, digest: str) -> list[Image]:
-        found = [self._state.get(i) for i in self._state.digest_ids(digest)]
-        return [image for image in found if image is not None]
+        return self._state.images_with_digest(digest)
 
     def metadata(self, ref: str) -> str:
         return self.get(ref).metadata

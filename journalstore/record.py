@@ -75,20 +75,29 @@ def datetime_from_time(ns: int, offset: int) -> datetime:
     return local.replace(tzinfo=zone(offset))
 
 
+_HOUR_TEXT: dict[int, str] = {}  # hours since the epoch (local) -> "YYYY-MM-DDTHH:"
+_ZONE_TEXT: dict[int, str] = {0: "Z"}
+
+
 def format_go_time(ns: int, offset: int) -> str:
     """Go's time.Time MarshalJSON text (RFC 3339 with nanoseconds, trailing zeros trimmed)."""
     seconds, frac = divmod(ns + offset * _NS, _NS)
-    local = _EPOCH_NAIVE + timedelta(seconds=seconds)
-    text = local.strftime("%Y-%m-%dT%H:%M:%S")
-    if local.year < 1000:  # strftime does not pad years below 1000 on every libc
-        text = f"{local.year:04d}" + text[text.index("-") :]
+    hour, rest = divmod(seconds, 3600)
+    head = _HOUR_TEXT.get(hour)
+    if head is None:
+        if len(_HOUR_TEXT) > 65536:
+            _HOUR_TEXT.clear()
+        local = _EPOCH_NAIVE + timedelta(hours=hour)
+        head = _HOUR_TEXT[hour] = f"{local.year:04d}-{local.month:02d}-{local.day:02d}T{local.hour:02d}:"
+    minute, second = divmod(rest, 60)
+    zone = _ZONE_TEXT.get(offset)
+    if zone is None:
+        sign = "-" if offset < 0 else "+"
+        minutes = abs(offset) // 60
+        zone = _ZONE_TEXT[offset] = f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
     if frac:
-        text += "." + f"{frac:09d}".rstrip("0")
-    if offset == 0:
-        return text + "Z"
-    sign = "-" if offset < 0 else "+"
-    minutes = abs(offset) // 60
-    return f"{text}{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+        return f"{head}{minute:02d}:{second:02d}.{f'{frac:09d}'.rstrip('0')}{zone}"
+    return f"{head}{minute:02d}:{second:02d}{zone}"
 
 
 _HOURS: dict[str, int] = {}  # "YYYY-MM-DDTHH" -> seconds since the epoch (local to the offset)

@@ -139,8 +139,11 @@ class State:
         self.count -= 1
 
     def _reorder(self, order: list[str]) -> None:
+        # In place: earlier undo entries hold bound methods of this very dict.
         images = self.images
-        self.images = {key: images.get(key) for key in order}
+        items = [(key, images.get(key)) for key in order]
+        images.clear()
+        images.update(items)
 
     def replace(self, image: Image) -> None:
         """Swap a record for its changed copy, keeping its place in the order."""
@@ -196,6 +199,11 @@ class State:
         if isinstance(found, str):
             return (found,)
         return tuple(found)
+
+    def images_with_digest(self, digest: str) -> list[Image]:
+        """The records with this digest, in by_digest order."""
+        found = (self.images.get(i) for i in self.digest_ids(digest))
+        return [image for image in found if image is not None]
 
     def add_digest(self, digest: str, image_id: str) -> None:
         """Add the image at the end of the digest's list unless it is there already."""

@@ -59,6 +59,7 @@ T = TypeVar("T")
 FsyncMode = Literal["always", "never"]
 NameOp = Literal["set-names", "add-names", "remove-names"]
 DEFAULT_COMPACT_EVERY = 100_000
+MIN_COMPACT_EVENTS = 1_000
 DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
 JOURNAL_DIR = "journal"
 LOCK_FILE = "images.lock"
@@ -99,6 +100,14 @@ def _journal_file_segment(name: str) -> int | None:
         if head.startswith(prefix) and head[len(prefix) :].isdigit():
             return int(head[len(prefix) :])
     return None
+
+
+def _check_key_argument(key: object) -> None:
+    """A big-data key given to a read: a non-empty string (any such key may be asked for)."""
+    if not isinstance(key, str):
+        raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
+    if not key:
+        raise InvalidBigDataName("big-data key is empty")
 
 
 def _is_hex_id(name: str) -> bool:
@@ -355,10 +364,13 @@ class ImageStore:
         self._catch_up()
 
     def _check_unexpected_images_json(self) -> None:
-        """A store never compacted has no images.json of ours: one there was written by another program."""
+        """An images.json beside a segment that starts from no snapshot was written by another
+        program, unless it is one of ours (a compaction that ran while we were opening)."""
         images_json = os.path.join(self.path, snap.IMAGES_JSON)
         with contextlib.suppress(FileNotFoundError):
-            self._note_foreign(self._disk.read_file(images_json))
+            data = self._disk.read_file(images_json)
+            if not self._is_our_snapshot(images_json):
+                self._note_foreign(data)
 
     def _note_foreign(self, data: bytes) -> None:
         self.foreign_rewrite = True
@@ -676,10 +688,23 @@ class ImageStore:
                 self._files.remove_stale(image_id, image.big_data_names)
         cursor = self._cursor
         assert cursor is not None
-        if (self.compact_every is not None and self._segment_events >= self.compact_every) or (
-            self.compact_bytes is not None and cursor.offset >= self.compact_bytes
-        ):
+        if self._compaction_due(cursor.offset):
             self._start_background_compaction()
+
+    def _compaction_due(self, segment_bytes: int) -> bool:
+        """Whether the current segment should be folded into a snapshot.
+
+        After `compact_every` events or `compact_bytes` bytes at most; a smaller store sooner,
+        once the segment holds as many events as the store has images (at least
+        MIN_COMPACT_EVENTS): opening it then never replays more records than the snapshot holds,
+        and since that threshold grows with the store, snapshots cost O(1) per event amortized.
+        """
+        if self.compact_bytes is not None and segment_bytes >= self.compact_bytes:
+            return True
+        if self.compact_every is None:
+            return False
+        threshold = min(self.compact_every, max(MIN_COMPACT_EVENTS, self._state.count))
+        return self._segment_events >= threshold
 
     def _start_background_compaction(self) -> None:
         """Snapshot the state as it is now and write it from a thread, so that no write waits
@@ -715,6 +740,14 @@ class ImageStore:
                     self._lock.release()
         except Exception as exc:  # a failed compaction loses nothing: the journal still holds it all
             warnings.warn(f"automatic compaction of {self.path} failed: {exc}", StoreWarning, stacklevel=2)
+
+    def wait_for_compaction(self) -> None:
+        """Wait until an automatic compaction this instance started has finished.
+
+        Automatic compactions run in a background thread; call this before looking at the
+        store's files directly (tests, backups) if the result must not change under you.
+        """
+        self._wait_for_compaction()
 
     def _wait_for_compaction(self) -> None:
         compactor = self._compactor
@@ -1000,9 +1033,7 @@ class ImageStore:
         if not isinstance(digest, str):
             raise TypeError(f"digest must be a string, not {type(digest).__name__}")
         with self._mutex:
-            state = self._fresh()
-            found = [state.get(i) for i in state.digest_ids(digest)]
-            return [image for image in found if image is not None]
+            return self._fresh().images_with_digest(digest)
 
     def metadata(self, ref: str) -> str:
         """The image's metadata string."""
@@ -1020,10 +1051,7 @@ class ImageStore:
         prepare record is in the journal, its commit is not), the old bytes are read from the
         backup that writer keeps until its commit.
         """
-        if not isinstance(key, str):
-            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
-        if not key:
-            raise InvalidBigDataName("big-data key is empty")
+        _check_key_argument(key)
         with self._mutex:
             for attempt in range(200):
                 image = self._find(self._fresh(), ref)
@@ -1062,10 +1090,7 @@ class ImageStore:
 
     def big_data_size(self, ref: str, key: str) -> int:
         """The recorded size of a big-data item (or the length of its data)."""
-        if not isinstance(key, str):
-            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
-        if not key:
-            raise InvalidBigDataName("big-data key is empty")
+        _check_key_argument(key)
         image = self.get(ref)
         size = image.big_data_sizes.get(key)
         if size is not None:
@@ -1077,10 +1102,7 @@ class ImageStore:
 
     def big_data_digest(self, ref: str, key: str) -> str:
         """The recorded digest of a big-data item."""
-        if not isinstance(key, str):
-            raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
-        if not key:
-            raise InvalidBigDataName("big-data key is empty")
+        _check_key_argument(key)
         image = self.get(ref)
         digest = image.big_data_digests.get(key)
         if digest is None:
@@ -1188,6 +1210,8 @@ class ImageStore:
         elif state.get(image_id) is not None:
             raise DuplicateID(f"an image with ID {image_id} already exists")
         elif self._disk.exists(self._files.dir(image_id)):
+            # A directory left by a deleted image of the same ID (a crash before its removal):
+            # what the new image does not own goes after the commit.
             txn.stale.append(image_id)
         for name in names:
             holder = state.by_name.get(name)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = Path(os.environ.get("JOURNALSTORE_FIXTURE", ROOT.parent / "shared" / "fixtures" / "containers-storage"))
+# A copy of ../shared/fixtures/containers-storage (written by the real Go library), kept in the
+# repository so that a clean clone tests against it wherever it is checked out.
+FIXTURE = Path(os.environ.get("JOURNALSTORE_FIXTURE", ROOT / "tests" / "fixtures" / "containers-storage"))
 SCRIPT = Path(sys.executable).parent / "journalstore"
 ID_A = "a" * 64
 ID_B = "b" * 64

@@ -14,7 +14,9 @@ from journalstore import ImageStore
 from .cli_support import js, root  # noqa: F401  (fixtures of the CLI tests)
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = Path(os.environ.get("JOURNALSTORE_FIXTURE", ROOT.parent / "shared" / "fixtures" / "containers-storage"))
+# A copy of ../shared/fixtures/containers-storage (written by the real Go library), kept in the
+# repository so that a clean clone tests against it wherever it is checked out.
+FIXTURE = Path(os.environ.get("JOURNALSTORE_FIXTURE", ROOT / "tests" / "fixtures" / "containers-storage"))
 
 
 @pytest.fixture

@@ -174,6 +174,11 @@ class StoreMachine(RuleBasedStateMachine):
     def s(self) -> ImageStore:
         return self.writers[self.active]
 
+    def settle(self) -> None:
+        """Let automatic compactions (background threads) finish before files are compared."""
+        for writer in self.writers:
+            writer.wait_for_compaction()
+
     @rule(index=st.integers(0, 1))
     def switch_writer(self, index: int) -> None:
         self.active = index
@@ -341,6 +346,7 @@ class StoreMachine(RuleBasedStateMachine):
         shadow = self.model.copy()
         assert self.reader is not None
         self.reader.refresh()
+        self.settle()
         files = tree_bytes(self.path)
         before = self.model.snapshot()
         orphans = set(self.orphans)
@@ -435,6 +441,7 @@ class StoreMachine(RuleBasedStateMachine):
                 ]
             )
         )
+        self.settle()
         files = tree_bytes(self.path)
         position = self.s.position
         before = self.model.snapshot()

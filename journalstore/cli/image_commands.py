@@ -212,69 +212,61 @@ def cmd_get_names(s: Session, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_names_args(p: argparse.ArgumentParser) -> None:
-    names_option(p, required=True, what="name to add")
-    ref_argument(p)
+def _names_command(
+    name: str, alias: str, what: str, required: bool, summary: str, example: str, description: str
+) -> None:
+    """Register one of add-names, remove-names, set-names: they differ only in the store method."""
+    method = name.replace("-", "_")
+
+    def configure(p: argparse.ArgumentParser) -> None:
+        names_option(p, required=required, what=what)
+        ref_argument(p)
+
+    def handler(s: Session, a: argparse.Namespace) -> int:
+        image = s.store.get(a.ref)
+        getattr(s.store, method)(image.id, a.names or ())
+        _emit_names(s, image.id)
+        return EXIT_OK
+
+    handler.__name__ = handler.__qualname__ = f"cmd_{method}"
+    command(
+        name,
+        aliases=(alias,),
+        access="write",
+        args=configure,
+        summary=summary,
+        example=example,
+        description=description + " Prints nothing (--json: the image's names).",
+    )(handler)
 
 
-@command(
+_names_command(
     "add-names",
-    aliases=("addnames",),
-    access="write",
-    args=_add_names_args,
-    summary="Add names to an image",
-    example="journalstore add-names -n quay.io/podman/hello:v1 -n hello:latest 3a57aedd",
-    description="New names go first; a name another image holds moves to this one. "
-    "Prints nothing (--json: the image's names).",
+    "addnames",
+    "name to add",
+    True,
+    "Add names to an image",
+    "journalstore add-names -n quay.io/podman/hello:v1 -n hello:latest 3a57aedd",
+    "New names go first; a name another image holds moves to this one.",
 )
-def cmd_add_names(s: Session, a: argparse.Namespace) -> int:
-    image = s.store.get(a.ref)
-    s.store.add_names(image.id, a.names)
-    _emit_names(s, image.id)
-    return EXIT_OK
-
-
-def _remove_names_args(p: argparse.ArgumentParser) -> None:
-    names_option(p, required=True, what="name to remove")
-    ref_argument(p)
-
-
-@command(
+_names_command(
     "remove-names",
-    aliases=("removenames",),
-    access="write",
-    args=_remove_names_args,
-    summary="Remove names from an image",
-    example="journalstore remove-names -n hello:latest 3a57aedd",
-    description="Prints nothing (--json: the image's names).",
+    "removenames",
+    "name to remove",
+    True,
+    "Remove names from an image",
+    "journalstore remove-names -n hello:latest 3a57aedd",
+    "The image keeps its other names.",
 )
-def cmd_remove_names(s: Session, a: argparse.Namespace) -> int:
-    image = s.store.get(a.ref)
-    s.store.remove_names(image.id, a.names)
-    _emit_names(s, image.id)
-    return EXIT_OK
-
-
-def _set_names_args(p: argparse.ArgumentParser) -> None:
-    names_option(p, required=False, what="new name; none at all removes every name")
-    ref_argument(p)
-
-
-@command(
+_names_command(
     "set-names",
-    aliases=("setnames",),
-    access="write",
-    args=_set_names_args,
-    summary="Set an image's names",
-    example="journalstore set-names -n registry.example/team/app:1.0 3a57aedd",
-    description="The given names replace the old ones; a name another image holds moves to this one. "
-    "Prints nothing (--json: the image's names).",
+    "setnames",
+    "new name; none at all removes every name",
+    False,
+    "Set an image's names",
+    "journalstore set-names -n registry.example/team/app:1.0 3a57aedd",
+    "The given names replace the old ones; a name another image holds moves to this one.",
 )
-def cmd_set_names(s: Session, a: argparse.Namespace) -> int:
-    image = s.store.get(a.ref)
-    s.store.set_names(image.id, a.names or ())
-    _emit_names(s, image.id)
-    return EXIT_OK
 
 
 def _metadata_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,105 @@
+"""How history() and at() scale: a journal of RECORDS records, timed and measured in fresh processes.
+
+    python -m benchmarks.audit_scale [--records 1000000] [--images 20000] [--dir DIR]
+
+Builds (once, kept in DIR) a store of IMAGES images and RECORDS records in all (creates, then
+name moves, metadata and flag changes; automatic compaction as by default), then in a fresh
+interpreter each: iterates the whole `history()`, one image's `history(ref)`, `at()` of the
+middle record and of the last record, reporting wall time and the peak resident memory the
+process reached (ru_maxrss). Prints one line per measurement and a JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROBE = r"""
+import json, resource, sys, time
+from journalstore import ImageStore
+path, what = sys.argv[1], sys.argv[2]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+store = ImageStore(path, read_only=True)
+opened = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+count = 0
+if what == "history":
+    for _event in store.history():
+        count += 1
+elif what == "history-one":
+    count = sum(1 for _event in store.history("app-7:latest"))
+elif what == "at-middle":
+    count = len(store.at(store.seq // 2))
+elif what == "at-last":
+    count = len(store.at(store.seq))
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"what": what, "seconds": seconds, "count": count, "records": store.seq,
+                  "rss_before_kib": before, "rss_open_kib": opened, "rss_peak_kib": peak}))
+"""
+
+
+def build(path: Path, records: int, images: int) -> None:
+    """Write the store (fsync off: the journal's content is what matters here)."""
+    from journalstore import ImageStore
+
+    with ImageStore(path, fsync="never", actor="audit-scale") as store:
+        done = store.seq
+        if done >= records:
+            return
+        started = time.perf_counter()
+        while store.seq < images:
+            i = store.seq
+            store.create(names=[f"app-{i}:v1"], layer=f"{i:064x}", digest=f"sha256:{i:064x}")
+        i = store.seq
+        while i < records:
+            k = i % images
+            kind = i % 3
+            if kind == 0:
+                store.add_names(f"app-{k}:v1", [f"app-{(i * 7) % images}:latest"])  # names move around
+            elif kind == 1:
+                store.set_metadata(f"app-{k}:v1", f'{{"build": {i}}}')
+            else:
+                store.set_flag(f"app-{k}:v1", "seen", i)
+            i = store.seq
+            if i % 100_000 == 0:
+                print(f"  built {i:,} records ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+
+
+def probe(path: Path, what: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path), what], capture_output=True, text=True, check=True
+    ).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.audit_scale", description=__doc__)
+    p.add_argument("--records", type=int, default=1_000_000)
+    p.add_argument("--images", type=int, default=20_000)
+    p.add_argument("--dir", type=Path, default=Path("benchmarks/out/audit-scale"))
+    args = p.parse_args(argv)
+    path = args.dir / f"store-{args.records}-{args.images}"
+    os.makedirs(args.dir, exist_ok=True)
+    build(path, args.records, args.images)
+    results = []
+    for what in ("history", "history-one", "at-middle", "at-last"):
+        r = probe(path, what)
+        results.append(r)
+        print(
+            f"{what:<12} {r['seconds']:8.2f} s  over {r['records']:,} records ({r['count']:,} items)  "
+            f"peak RSS {r['rss_peak_kib'] / 1024:.0f} MiB (after open {r['rss_open_kib'] / 1024:.0f} MiB)"
+        )
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
