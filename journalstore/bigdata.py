@@ -152,6 +152,7 @@ class BigDataFiles:
         if sync:
             for image_id in dict.fromkeys(p.image_id for p in planned):
                 disk.fsync_dir(self.dir(image_id))
+            disk.fsync_dir(self.staging)  # a rename is durable once both its directories are
             if any(p.dir_created for p in planned):
                 disk.fsync_dir(self.root)
 
