@@ -178,6 +178,10 @@ class BigDataFiles:
             elif not had_old:
                 self._unlink(final)
             touched[image_id] = touched.get(image_id, False) or dir_created
+        if touched:
+            # The renames back must be durable before the caller cuts the prepare away: a rename
+            # is durable once both its directories are fsynced (the image's are, below).
+            disk.fsync_dir(self.staging)
         for image_id, dir_created in touched.items():
             directory = self.dir(image_id)
             if dir_created:
