@@ -173,7 +173,9 @@ class BigDataFiles:
             final = os.path.join(self.dir(image_id), name)
             self._unlink(_staged(self.staging, seq, i, "tmp"))
             old = _staged(self.staging, seq, i, "old")
-            if disk.exists(old):
+            # Staged names repeat when a sequence number is reused after a cut prepare: an .old
+            # of this name is this write's backup only if the prepare says there was one.
+            if had_old and disk.exists(old):
                 disk.rename(old, final)
             elif not had_old:
                 self._unlink(final)
@@ -194,8 +196,13 @@ class BigDataFiles:
             if disk.is_dir(directory):
                 disk.fsync_dir(directory)
 
-    def clean_staging(self, keep: Iterable[str] = ()) -> int:
-        """Remove leftovers of finished transactions from the staging directory."""
+    def clean_staging(self, keep: Iterable[str] = (), *, sync: bool = True) -> int:
+        """Remove leftovers of finished transactions from the staging directory.
+
+        With `sync`, the removals are made durable: staged names repeat when a sequence number
+        is reused after a crash, and a leftover that a power cut brought back could pass for the
+        backup of a later write.
+        """
         kept = set(keep)
         removed = 0
         try:
@@ -206,6 +213,8 @@ class BigDataFiles:
             if name not in kept:
                 self._unlink(os.path.join(self.staging, name))
                 removed += 1
+        if removed and sync:
+            self.disk.fsync_dir(self.staging)
         return removed
 
     def remove_dir(self, image_id: str) -> None:

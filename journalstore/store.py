@@ -774,7 +774,7 @@ class ImageStore:
         if self._publish_pending:
             self._publish()
         if not self._repaired:
-            self._files.clean_staging()
+            self._files.clean_staging(sync=self._sync)
             self._repaired = True
         self._needs_repair = False
         if self._foreign_data is not None:
@@ -1364,7 +1364,7 @@ class ImageStore:
                 if _is_hex_id(name) and state.images.get(name) is None and self._disk.is_dir(path):
                     self._disk.rmtree(path)
                     removed.append(name)
-            self._files.clean_staging()
+            self._files.clean_staging(sync=self._sync)
         return removed
 
     def compact(self) -> bool:
