@@ -336,6 +336,7 @@ class ImageStore:
         else:
             reference = {}
             state = State(self._read_only)
+            self._check_not_lost(newest)
             self._check_unexpected_images_json()
         if state is None:
             found = replay.nearest_base(disk, self._journal_dir, int(meta.get("base_seq", 0)), self._read_only)
@@ -410,6 +411,8 @@ class ImageStore:
         if current is not None and snap.snapshot_digest(current) == want:
             self._publish_pending = False
             return current
+        if current is not None:
+            self._check_not_lost(segment)
         data = replay.archive_bytes(self._disk, self._journal_dir, reference)
         if current is None or self._is_our_snapshot(images_json):
             self._publish_pending = True  # a compaction stopped before publishing images.json
@@ -418,6 +421,33 @@ class ImageStore:
         else:
             self._publish_pending = True  # damaged in place (it shares its inode with the archive)
         return data
+
+    def _check_not_lost(self, newest: int) -> None:
+        """JournalCorrupt if images.json is the archived snapshot of a segment after `newest`.
+
+        A compaction publishes images.json (a hard link to the archive) only after the segment
+        that starts from it exists, so that segment existed and is gone with its records: a
+        missing newest segment, not a compaction that stopped early.
+        """
+        disk = self._disk
+        try:
+            st = disk.stat(os.path.join(self.path, snap.IMAGES_JSON))
+        except FileNotFoundError:
+            return
+        for name in disk.listdir(self._journal_dir):
+            number = snap.parse_archive_name(name)
+            if number is None or number <= newest:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                other = disk.stat(os.path.join(self._journal_dir, name))
+                if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
+                    raise JournalCorrupt(
+                        f"segment {number} is missing from {self._journal_dir}: images.json was published from "
+                        f"its snapshot {name}, so it existed, and the records it held are lost. To open the store "
+                        f"as of that snapshot anyway, remove images.json.",
+                        segment=number,
+                        offset=0,
+                    )
 
     def _is_our_snapshot(self, images_json: str) -> bool:
         """Whether images.json is one of our archived snapshots (same file, or same bytes)."""
