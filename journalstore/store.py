@@ -29,7 +29,6 @@ from .errors import (
     DuplicateID,
     DuplicateImageNames,
     DuplicateName,
-    InvalidBigDataName,
     JournalCorrupt,
     RecordTooLarge,
     SizeUnknown,
@@ -50,6 +49,7 @@ from .validation import (
     check_flags,
     check_id,
     check_names,
+    check_read_key,
     check_ref,
     check_str,
 )
@@ -100,14 +100,6 @@ def _journal_file_segment(name: str) -> int | None:
         if head.startswith(prefix) and head[len(prefix) :].isdigit():
             return int(head[len(prefix) :])
     return None
-
-
-def _check_key_argument(key: object) -> None:
-    """A big-data key given to a read: a non-empty string (any such key may be asked for)."""
-    if not isinstance(key, str):
-        raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
-    if not key:
-        raise InvalidBigDataName("big-data key is empty")
 
 
 def _is_hex_id(name: str) -> bool:
@@ -1081,7 +1073,7 @@ class ImageStore:
         prepare record is in the journal, its commit is not), the old bytes are read from the
         backup that writer keeps until its commit.
         """
-        _check_key_argument(key)
+        check_read_key(key)
         with self._mutex:
             for attempt in range(200):
                 image = self._find(self._fresh(), ref)
@@ -1120,7 +1112,7 @@ class ImageStore:
 
     def big_data_size(self, ref: str, key: str) -> int:
         """The recorded size of a big-data item (or the length of its data)."""
-        _check_key_argument(key)
+        check_read_key(key)
         image = self.get(ref)
         size = image.big_data_sizes.get(key)
         if size is not None:
@@ -1132,7 +1124,7 @@ class ImageStore:
 
     def big_data_digest(self, ref: str, key: str) -> str:
         """The recorded digest of a big-data item."""
-        _check_key_argument(key)
+        check_read_key(key)
         image = self.get(ref)
         digest = image.big_data_digests.get(key)
         if digest is None:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import InvalidDigest, InvalidFlagValue, InvalidID, InvalidName
+from .errors import InvalidBigDataName, InvalidDigest, InvalidFlagValue, InvalidID, InvalidName
 
 # File and directory names the store itself uses at its top level: never an image ID.
 RESERVED_NAMES = frozenset({"images.json", "images.lock", "journal"})
@@ -53,6 +53,15 @@ def check_id(image_id: object) -> str:
     if image_id in RESERVED_NAMES:
         raise InvalidID(f"image ID {image_id!r} is a name the store uses for its own files")
     return image_id
+
+
+def check_read_key(key: object) -> str:
+    """A big-data key given to a read: a non-empty string (any such key may be asked for)."""
+    if not isinstance(key, str):
+        raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
+    if not key:
+        raise InvalidBigDataName("big-data key is empty")
+    return key
 
 
 def check_ref(ref: object) -> str:
