@@ -64,6 +64,8 @@ DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
 JOURNAL_DIR = "journal"
 LOCK_FILE = "images.lock"
 _HEX64 = frozenset("0123456789abcdef")
+_CREATED_MIN = -62_135_596_800 * 1_000_000_000  # 0001-01-01T00:00:00Z, in ns since the epoch
+_CREATED_MAX = 253_402_300_800 * 1_000_000_000 - 1  # 9999-12-31T23:59:59.999999999Z
 
 
 class StoreWarning(UserWarning):
@@ -128,10 +130,11 @@ class ImageStore:
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"store path must be a string or path, not {type(path).__name__}")
+        if not os.fspath(path):
+            raise ValueError("store path is empty")  # abspath would make it the working directory
         if fsync not in ("always", "never"):
             raise ValueError(f"fsync must be 'always' or 'never', not {fsync!r}")
-        if not isinstance(actor, str):
-            raise TypeError(f"actor must be a string, not {type(actor).__name__}")
+        check_str(actor, "actor")  # it goes into every record
         for name, value in (("compact_every", compact_every), ("compact_bytes", compact_bytes)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
@@ -1209,6 +1212,10 @@ class ImageStore:
         if isinstance(created, datetime):
             return time_from_datetime(created)
         if isinstance(created, int) and not isinstance(created, bool):
+            if not _CREATED_MIN <= created <= _CREATED_MAX:
+                raise ValueError(
+                    f"created {created} ns is outside the times images.json can hold (years 1 to 9999 UTC)"
+                )
             return created, 0
         raise TypeError(f"created must be a datetime or nanoseconds, not {type(created).__name__}")
 
@@ -1440,6 +1447,8 @@ class ImageStore:
 
     def follow(self, after_seq: int | None = None) -> Follower:
         """Events appended after record `after_seq` (default: now), polled with `.poll()`."""
+        if after_seq is not None and (not isinstance(after_seq, int) or isinstance(after_seq, bool)):
+            raise TypeError(f"after_seq must be a sequence number, not {type(after_seq).__name__}")
         return Follower(self._disk, self.path, self._state.seq if after_seq is None else after_seq)
 
     def verify(self) -> VerifyReport:
