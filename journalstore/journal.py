@@ -124,9 +124,19 @@ def decode_segment_header(data: bytes, segment: int) -> tuple[dict[str, Any], in
     raw = data[SEGMENT_HEADER.size : end]
     if _checksum(raw) != digest:
         raise JournalCorrupt(f"segment {segment}: header checksum mismatch", segment=segment, offset=0)
-    meta = msgpack.unpackb(raw, raw=False)
+    try:
+        meta = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:  # checksum-valid bytes that are not msgpack: damage all the same
+        raise JournalCorrupt(
+            f"segment {segment}: header metadata cannot be decoded ({exc.__class__.__name__})",
+            segment=segment,
+            offset=0,
+        ) from None
     if not isinstance(meta, dict) or meta.get("segment") != segment:
         raise JournalCorrupt(f"segment {segment}: header names another segment", segment=segment, offset=0)
+    base_seq = meta.get("base_seq", 0)
+    if type(base_seq) is not int or base_seq < 0 or not isinstance(meta.get("snapshot"), dict | None):
+        raise JournalCorrupt(f"segment {segment}: header metadata is malformed", segment=segment, offset=0)
     return meta, end
 
 
