@@ -436,6 +436,8 @@ class ImageStore:
             with contextlib.suppress(FileNotFoundError):
                 other = disk.stat(os.path.join(self._journal_dir, name))
                 if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
+                    if disk.exists(os.path.join(self._journal_dir, jn.segment_name(number))):
+                        return  # a compaction finished after the segments were listed: not lost
                     raise JournalCorrupt(
                         f"segment {number} is missing from {self._journal_dir}: images.json was published from "
                         f"its snapshot {name}, so it existed, and the records it held are lost. To open the store "

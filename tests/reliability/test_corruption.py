@@ -653,3 +653,31 @@ def test_zeros_to_the_end_over_two_records_look_like_a_torn_append(base: Base, t
     except JournalCorrupt:
         return  # what we would want: the loss of two records reported
     assert state == base.full, "the last two records were lost without a word"
+
+
+def test_a_compaction_finishing_during_an_open_is_not_a_missing_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open lists the segments, then a compaction in another process creates the next one and
+    publishes images.json from it: the open finds images.json ahead of the newest segment it
+    listed, which is a race, not a lost segment. (Found by the state machine: a background
+    compaction while a reader opened.)"""
+    root = tmp_path / "store"
+    with ImageStore(root, fsync="never", compact_every=None) as s:
+        s.create(names=["a"])
+        s.compact()
+        s.create(names=["b"])
+        s.compact()
+        s.create(names=["c"])
+        expected = snapshot_of_store(s)
+    listing = ImageStore._segments
+    calls = []
+
+    def listed_before_the_compaction(self: ImageStore) -> list[int]:
+        calls.append(1)
+        segments = listing(self)
+        return segments[:-1] if len(calls) <= 2 else segments  # _open, then _load_journal
+
+    monkeypatch.setattr(ImageStore, "_segments", listed_before_the_compaction)
+    with ImageStore(root, read_only=True) as r:
+        assert snapshot_of_store(r) == expected
