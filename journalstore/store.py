@@ -170,7 +170,11 @@ class ImageStore:
         self._read_only = read_only
         self._read_only_reason = "the store was opened read-only"
         self._state = State(read_only)
-        self._open(lock_timeout)
+        try:
+            self._open(lock_timeout)
+        except BaseException:
+            self.close()  # the journal and lock descriptors opened so far
+            raise
 
     # ================================================================== opening
 

@@ -681,3 +681,17 @@ def test_a_compaction_finishing_during_an_open_is_not_a_missing_segment(
     monkeypatch.setattr(ImageStore, "_segments", listed_before_the_compaction)
     with ImageStore(root, read_only=True) as r:
         assert snapshot_of_store(r) == expected
+
+
+def test_an_open_that_reports_damage_leaves_no_descriptor_open(base: Base, tmp_path: Path) -> None:
+    """A program that retries opening a damaged store must not run out of file descriptors."""
+    copy = tmp_path / "copy"
+    copy_tree(base.root, copy)
+    middle = base.records[len(base.records) // 2]
+    flip(seg_rel(base), middle.offset + jn.FRAME_OVERHEAD + 1, 0)(copy)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        for read_only in (True, False):
+            with pytest.raises(JournalCorrupt):
+                ImageStore(copy, read_only=read_only, fsync="never")
+    assert len(os.listdir("/proc/self/fd")) == before
