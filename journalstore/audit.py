@@ -32,6 +32,7 @@ from .fsio import Disk
 from .locking import WriterLock
 from .record import Image, time_from_datetime
 from .reducer import State, apply
+from .validation import check_read_key
 
 _NS = 1_000_000_000
 
@@ -384,12 +385,14 @@ class StoreView:
         return list(self.get(ref).big_data_names)
 
     def big_data_size(self, ref: str, key: str) -> int:
+        key = check_read_key(key)
         size = self.get(ref).big_data_sizes.get(key)
         if size is None:
             raise SizeUnknown(f"size of big-data item {key!r} of image {ref!r} was not recorded at record {self.seq}")
         return size
 
     def big_data_digest(self, ref: str, key: str) -> str:
+        key = check_read_key(key)
         digest = self.get(ref).big_data_digests.get(key)
         if digest is None:
             raise DigestUnknown(f"digest of big-data item {key!r} of image {ref!r} not recorded at record {self.seq}")
@@ -397,6 +400,7 @@ class StoreView:
 
     def big_data(self, ref: str, key: str) -> bytes:
         """The item's bytes, if the store still holds exactly the bytes it had then."""
+        key = check_read_key(key)
         image = self.get(ref)
         if key not in image.big_data_digests:
             raise BigDataUnknown(f"image {image.id} had no big-data item {key!r} at record {self.seq}")

@@ -152,6 +152,7 @@ class BigDataFiles:
         if sync:
             for image_id in dict.fromkeys(p.image_id for p in planned):
                 disk.fsync_dir(self.dir(image_id))
+            disk.fsync_dir(self.staging)  # a rename is durable once both its directories are
             if any(p.dir_created for p in planned):
                 disk.fsync_dir(self.root)
 
@@ -172,11 +173,17 @@ class BigDataFiles:
             final = os.path.join(self.dir(image_id), name)
             self._unlink(_staged(self.staging, seq, i, "tmp"))
             old = _staged(self.staging, seq, i, "old")
-            if disk.exists(old):
+            # Staged names repeat when a sequence number is reused after a cut prepare: an .old
+            # of this name is this write's backup only if the prepare says there was one.
+            if had_old and disk.exists(old):
                 disk.rename(old, final)
             elif not had_old:
                 self._unlink(final)
             touched[image_id] = touched.get(image_id, False) or dir_created
+        if touched:
+            # The renames back must be durable before the caller cuts the prepare away: a rename
+            # is durable once both its directories are fsynced (the image's are, below).
+            disk.fsync_dir(self.staging)
         for image_id, dir_created in touched.items():
             directory = self.dir(image_id)
             if dir_created:
@@ -189,8 +196,13 @@ class BigDataFiles:
             if disk.is_dir(directory):
                 disk.fsync_dir(directory)
 
-    def clean_staging(self, keep: Iterable[str] = ()) -> int:
-        """Remove leftovers of finished transactions from the staging directory."""
+    def clean_staging(self, keep: Iterable[str] = (), *, sync: bool = True) -> int:
+        """Remove leftovers of finished transactions from the staging directory.
+
+        With `sync`, the removals are made durable: staged names repeat when a sequence number
+        is reused after a crash, and a leftover that a power cut brought back could pass for the
+        backup of a later write.
+        """
         kept = set(keep)
         removed = 0
         try:
@@ -201,6 +213,8 @@ class BigDataFiles:
             if name not in kept:
                 self._unlink(os.path.join(self.staging, name))
                 removed += 1
+        if removed and sync:
+            self.disk.fsync_dir(self.staging)
         return removed
 
     def remove_dir(self, image_id: str) -> None:

@@ -124,9 +124,19 @@ def decode_segment_header(data: bytes, segment: int) -> tuple[dict[str, Any], in
     raw = data[SEGMENT_HEADER.size : end]
     if _checksum(raw) != digest:
         raise JournalCorrupt(f"segment {segment}: header checksum mismatch", segment=segment, offset=0)
-    meta = msgpack.unpackb(raw, raw=False)
+    try:
+        meta = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:  # checksum-valid bytes that are not msgpack: damage all the same
+        raise JournalCorrupt(
+            f"segment {segment}: header metadata cannot be decoded ({exc.__class__.__name__})",
+            segment=segment,
+            offset=0,
+        ) from None
     if not isinstance(meta, dict) or meta.get("segment") != segment:
         raise JournalCorrupt(f"segment {segment}: header names another segment", segment=segment, offset=0)
+    base_seq = meta.get("base_seq", 0)
+    if type(base_seq) is not int or base_seq < 0 or not isinstance(meta.get("snapshot"), dict | None):
+        raise JournalCorrupt(f"segment {segment}: header metadata is malformed", segment=segment, offset=0)
     return meta, end
 
 
@@ -150,6 +160,26 @@ def valid_frame_at(data: bytes | memoryview, pos: int) -> int:
     if _checksum(memoryview(data)[pos + FRAME_OVERHEAD : end]) != digest:
         return -1
     return int(end)
+
+
+def one_torn_frame(rest: bytes) -> bool:
+    """Whether the bytes after the last whole frame could all be what one interrupted append left.
+
+    A torn append is one frame cut short: a kill -9 leaves a prefix of it, a power cut a prefix
+    or zeros where its data never reached the disk. So if the first frame's length field says
+    it ends before the end of the file, either that frame is whole but for its length field (one
+    damaged frame), or the tear went through the length field and zeroed everything after it;
+    anything else means the damage reaches into more than one record.
+    """
+    if len(rest) < FRAME_OVERHEAD:
+        return True
+    magic, size, digest = _unpack_frame(rest, 0)
+    if size > MAX_FRAME or FRAME_OVERHEAD + size >= len(rest):
+        return True
+    if magic == FRAME_MAGIC and _checksum(memoryview(rest)[FRAME_OVERHEAD:]) == digest:
+        return True
+    after = rest[8:]  # from the checksum field on
+    return after.count(0) == len(after)
 
 
 def find_valid_frame(data: bytes, start: int) -> int:
@@ -388,6 +418,13 @@ class Cursor:
             raise JournalCorrupt(
                 f"segment {self.segment}: damaged record at offset {damage.offset} "
                 f"({damage.reason}) in a closed segment",
+                segment=self.segment,
+                offset=damage.offset,
+            )
+        if not one_torn_frame(rest):
+            raise JournalCorrupt(
+                f"segment {self.segment}: damaged record at offset {damage.offset} ({damage.reason}) "
+                "with more damaged bytes after it: not one torn append",
                 segment=self.segment,
                 offset=damage.offset,
             )

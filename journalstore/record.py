@@ -113,9 +113,13 @@ def _hour_seconds(prefix: str) -> int:
     return seconds
 
 
+def _zone_ok(hours: str, minutes: str) -> bool:
+    return hours.isdigit() and minutes.isdigit() and hours < "24" and minutes < "60"
+
+
 def parse_go_time(text: str) -> tuple[int, int]:
     """Parse RFC 3339 text as Go writes it into (ns since the epoch, UTC offset in seconds)."""
-    if not isinstance(text, str):
+    if not isinstance(text, str) or not text.isascii():  # other digits pass isdigit() and int()
         raise ValueError(f"not an RFC 3339 time: {text!r}")
     # Fast path for the exact shape Go writes: YYYY-MM-DDTHH:MM:SS[.digits](Z|+HH:MM|-HH:MM)
     n = len(text)
@@ -124,7 +128,7 @@ def parse_go_time(text: str) -> tuple[int, int]:
         if last == "Z":
             offset = 0
             zone_start = n - 1
-        elif n >= 25 and text[-3] == ":" and text[-6] in "+-":
+        elif n >= 25 and text[-3] == ":" and text[-6] in "+-" and _zone_ok(text[-5:-3], text[-2:]):
             zone_start = n - 6
             offset = int(text[-5:-3]) * 3600 + int(text[-2:]) * 60
             if text[-6] == "-":
@@ -309,8 +313,9 @@ def _str(doc: Mapping[str, Any], key: str, value: Any) -> str:
 
 
 def _sizes(doc: Mapping[str, Any], value: Any) -> Mapping[str, int]:
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise _bad(doc, "big-data-sizes")
+    value = dict(value)
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool):
             raise _bad(doc, "big-data-sizes")
@@ -318,8 +323,9 @@ def _sizes(doc: Mapping[str, Any], value: Any) -> Mapping[str, int]:
 
 
 def _digest_map(doc: Mapping[str, Any], value: Any) -> Mapping[str, str]:
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise _bad(doc, "big-data-digests")
+    value = dict(value)
     try:
         "".join(value)
         "".join(value.values())
@@ -349,9 +355,9 @@ def image_from_json(doc: Mapping[str, Any], read_only: bool) -> Image:
     value = get("big-data-names")
     big_data_names = _strs(doc, "big-data-names", value) if value else ()
     value = get("big-data-digests")
-    big_data_digests = _digest_map(doc, dict(value)) if value else EMPTY_MAP
+    big_data_digests = _digest_map(doc, value) if value else EMPTY_MAP
     value = get("big-data-sizes")
-    big_data_sizes = _sizes(doc, dict(value)) if value else EMPTY_MAP
+    big_data_sizes = _sizes(doc, value) if value else EMPTY_MAP
     digest = _str(doc, "digest", get("digest"))
     if big_data_names:
         digest, digests = derive_digests(digest, big_data_names, big_data_digests)

@@ -157,7 +157,7 @@ def decode(data: bytes, source: str) -> list[dict[str, Any]]:
         return []
     try:
         docs = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise SnapshotCorrupt(f"{source}: not valid JSON ({exc})") from None
     if docs is None:
         return []
@@ -172,6 +172,8 @@ def images_from_docs(docs: list[dict[str, Any]], source: str, read_only: bool) -
         return [image_from_json(doc, read_only) for doc in docs]
     except ValueError as exc:
         raise SnapshotCorrupt(f"{source}: {exc}") from None
+    except RecursionError:  # flags nested deeper than a record can be copied
+        raise SnapshotCorrupt(f"{source}: a record's flags are nested too deep") from None
 
 
 # --------------------------------------------------------------------------- the index twin

@@ -29,7 +29,6 @@ from .errors import (
     DuplicateID,
     DuplicateImageNames,
     DuplicateName,
-    InvalidBigDataName,
     JournalCorrupt,
     RecordTooLarge,
     SizeUnknown,
@@ -50,6 +49,7 @@ from .validation import (
     check_flags,
     check_id,
     check_names,
+    check_read_key,
     check_ref,
     check_str,
 )
@@ -64,6 +64,8 @@ DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
 JOURNAL_DIR = "journal"
 LOCK_FILE = "images.lock"
 _HEX64 = frozenset("0123456789abcdef")
+_CREATED_MIN = -62_135_596_800 * 1_000_000_000  # 0001-01-01T00:00:00Z, in ns since the epoch
+_CREATED_MAX = 253_402_300_800 * 1_000_000_000 - 1  # 9999-12-31T23:59:59.999999999Z
 
 
 class StoreWarning(UserWarning):
@@ -112,14 +114,6 @@ def _journal_file_segment(name: str) -> int | None:
     return None
 
 
-def _check_key_argument(key: object) -> None:
-    """A big-data key given to a read: a non-empty string (any such key may be asked for)."""
-    if not isinstance(key, str):
-        raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
-    if not key:
-        raise InvalidBigDataName("big-data key is empty")
-
-
 def _process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -156,10 +150,11 @@ class ImageStore:
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"store path must be a string or path, not {type(path).__name__}")
+        if not os.fspath(path):
+            raise ValueError("store path is empty")  # abspath would make it the working directory
         if fsync not in ("always", "never"):
             raise ValueError(f"fsync must be 'always' or 'never', not {fsync!r}")
-        if not isinstance(actor, str):
-            raise TypeError(f"actor must be a string, not {type(actor).__name__}")
+        check_str(actor, "actor")  # it goes into every record
         for name, value in (("compact_every", compact_every), ("compact_bytes", compact_bytes)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
@@ -195,7 +190,11 @@ class ImageStore:
         self._read_only = read_only
         self._read_only_reason = "the store was opened read-only"
         self._state = State(read_only)
-        self._open(lock_timeout)
+        try:
+            self._open(lock_timeout)
+        except BaseException:
+            self.close()  # the journal and lock descriptors opened so far
+            raise
 
     # ================================================================== opening
 
@@ -206,7 +205,7 @@ class ImageStore:
                 raise StoreNotFound(f"no store at {self.path}")
         else:
             try:
-                disk.makedirs(self.path, 0o700)
+                self._make_directory()
             except PermissionError:
                 if not disk.is_dir(self.path):
                     raise
@@ -231,6 +230,20 @@ class ImageStore:
         if self._foreign_data is not None and not self._read_only:
             with self._locked():
                 pass  # the repair step merges the foreign images.json
+
+    def _make_directory(self) -> None:
+        """Create the store directory and its missing parents, each entry made durable: without
+        an fsync of its parent, a power cut could lose a new store with every write in it."""
+        disk = self._disk
+        missing: list[str] = []
+        path = self.path
+        while not disk.is_dir(path) and os.path.dirname(path) != path:
+            missing.append(path)
+            path = os.path.dirname(path)
+        disk.makedirs(self.path, 0o700)
+        if self._sync:
+            for created in reversed(missing):
+                disk.fsync_dir(os.path.dirname(created))
 
     def _fall_back_read_only(self, reason: str) -> None:
         self._read_only = True
@@ -342,6 +355,7 @@ class ImageStore:
         else:
             reference = {}
             state = State(self._read_only)
+            self._check_not_lost(newest)
             self._check_unexpected_images_json()
         if state is None:
             found = replay.nearest_base(disk, self._journal_dir, int(meta.get("base_seq", 0)), self._read_only)
@@ -416,6 +430,8 @@ class ImageStore:
         if current is not None and snap.snapshot_digest(current) == want:
             self._publish_pending = False
             return current
+        if current is not None:
+            self._check_not_lost(segment)
         data = replay.archive_bytes(self._disk, self._journal_dir, reference)
         if current is None or self._is_our_snapshot(images_json):
             self._publish_pending = True  # a compaction stopped before publishing images.json
@@ -424,6 +440,35 @@ class ImageStore:
         else:
             self._publish_pending = True  # damaged in place (it shares its inode with the archive)
         return data
+
+    def _check_not_lost(self, newest: int) -> None:
+        """JournalCorrupt if images.json is the archived snapshot of a segment after `newest`.
+
+        A compaction publishes images.json (a hard link to the archive) only after the segment
+        that starts from it exists, so that segment existed and is gone with its records: a
+        missing newest segment, not a compaction that stopped early.
+        """
+        disk = self._disk
+        try:
+            st = disk.stat(os.path.join(self.path, snap.IMAGES_JSON))
+        except FileNotFoundError:
+            return
+        for name in disk.listdir(self._journal_dir):
+            number = snap.parse_archive_name(name)
+            if number is None or number <= newest:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                other = disk.stat(os.path.join(self._journal_dir, name))
+                if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
+                    if disk.exists(os.path.join(self._journal_dir, jn.segment_name(number))):
+                        return  # a compaction finished after the segments were listed: not lost
+                    raise JournalCorrupt(
+                        f"segment {number} is missing from {self._journal_dir}: images.json was published from "
+                        f"its snapshot {name}, so it existed, and the records it held are lost. To open the store "
+                        f"as of that snapshot anyway, remove images.json.",
+                        segment=number,
+                        offset=0,
+                    )
 
     def _is_our_snapshot(self, images_json: str) -> bool:
         """Whether images.json is one of our archived snapshots (same file, or same bytes)."""
@@ -786,7 +831,7 @@ class ImageStore:
         if self._publish_pending:
             self._publish()
         if not self._repaired:
-            self._files.clean_staging()
+            self._files.clean_staging(sync=self._sync)
             self._remove_dead_temporaries()
             self._repaired = True
         self._needs_repair = False
@@ -1112,7 +1157,7 @@ class ImageStore:
         prepare record is in the journal, its commit is not), the old bytes are read from the
         backup that writer keeps until its commit.
         """
-        _check_key_argument(key)
+        check_read_key(key)
         with self._mutex:
             for attempt in range(200):
                 image = self._find(self._fresh(), ref)
@@ -1153,7 +1198,7 @@ class ImageStore:
 
     def big_data_size(self, ref: str, key: str) -> int:
         """The recorded size of a big-data item (or the length of its data)."""
-        _check_key_argument(key)
+        check_read_key(key)
         image = self.get(ref)
         size = image.big_data_sizes.get(key)
         if size is not None:
@@ -1165,7 +1210,7 @@ class ImageStore:
 
     def big_data_digest(self, ref: str, key: str) -> str:
         """The recorded digest of a big-data item."""
-        _check_key_argument(key)
+        check_read_key(key)
         image = self.get(ref)
         digest = image.big_data_digests.get(key)
         if digest is None:
@@ -1250,6 +1295,10 @@ class ImageStore:
         if isinstance(created, datetime):
             return time_from_datetime(created)
         if isinstance(created, int) and not isinstance(created, bool):
+            if not _CREATED_MIN <= created <= _CREATED_MAX:
+                raise ValueError(
+                    f"created {created} ns is outside the times images.json can hold (years 1 to 9999 UTC)"
+                )
             return created, 0
         raise TypeError(f"created must be a datetime or nanoseconds, not {type(created).__name__}")
 
@@ -1427,7 +1476,7 @@ class ImageStore:
                 if _is_hex_id(name) and state.images.get(name) is None and self._disk.is_dir(path):
                     self._disk.rmtree(path)
                     removed.append(name)
-            self._files.clean_staging()
+            self._files.clean_staging(sync=self._sync)
         return removed
 
     def compact(self) -> bool:
@@ -1484,6 +1533,8 @@ class ImageStore:
 
     def follow(self, after_seq: int | None = None) -> Follower:
         """Events appended after record `after_seq` (default: now), polled with `.poll()`."""
+        if after_seq is not None and (not isinstance(after_seq, int) or isinstance(after_seq, bool)):
+            raise TypeError(f"after_seq must be a sequence number, not {type(after_seq).__name__}")
         return Follower(self._disk, self.path, self._state.seq if after_seq is None else after_seq)
 
     def verify(self) -> VerifyReport:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import InvalidDigest, InvalidFlagValue, InvalidID, InvalidName
+from .errors import InvalidBigDataName, InvalidDigest, InvalidFlagValue, InvalidID, InvalidName
 
 # File and directory names the store itself uses at its top level: never an image ID.
 RESERVED_NAMES = frozenset({"images.json", "images.lock", "journal"})
@@ -53,6 +53,15 @@ def check_id(image_id: object) -> str:
     if image_id in RESERVED_NAMES:
         raise InvalidID(f"image ID {image_id!r} is a name the store uses for its own files")
     return image_id
+
+
+def check_read_key(key: object) -> str:
+    """A big-data key given to a read: a non-empty string (any such key may be asked for)."""
+    if not isinstance(key, str):
+        raise TypeError(f"big-data key must be a string, not {type(key).__name__}")
+    if not key:
+        raise InvalidBigDataName("big-data key is empty")
+    return key
 
 
 def check_ref(ref: object) -> str:
@@ -125,8 +134,13 @@ def check_flag_key(key: object) -> str:
     return key
 
 
-def check_flag_value(value: Any, path: str = "value") -> None:
+MAX_FLAG_DEPTH = 100  # msgpack packs at most 511 levels; records are copied recursively
+
+
+def check_flag_value(value: Any, path: str = "value", depth: int = 0) -> None:
     """A value JSON and msgpack can both hold, and read back unchanged."""
+    if depth > MAX_FLAG_DEPTH:
+        raise InvalidFlagValue(f"flag {path[:60]}... is nested deeper than {MAX_FLAG_DEPTH} levels")
     if value is None or isinstance(value, bool | str):
         if isinstance(value, str) and not _encodable(value):
             raise InvalidFlagValue(f"flag {path} {value!r} cannot be encoded as UTF-8")
@@ -141,13 +155,13 @@ def check_flag_value(value: Any, path: str = "value") -> None:
         return
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            check_flag_value(item, f"{path}[{i}]")
+            check_flag_value(item, f"{path}[{i}]", depth + 1)
         return
     if isinstance(value, Mapping):
         for k, item in value.items():
             if not isinstance(k, str) or not _encodable(k):
                 raise InvalidFlagValue(f"flag {path} has a key {k!r} that is not a string")
-            check_flag_value(item, f"{path}[{k!r}]")
+            check_flag_value(item, f"{path}[{k!r}]", depth + 1)
         return
     raise InvalidFlagValue(f"flag {path} of type {type(value).__name__} is not a JSON value")
 

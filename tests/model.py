@@ -21,6 +21,8 @@ Decisions where SPEC and images.go leave room (each also noted where it applies)
 - Empty names are refused as bad values (Go would store ""; SPEC is silent).
 - Prefix lookup: any non-empty prefix of exactly one ID (Go's truncindex also ignores IDs with
   spaces; the tests use none).
+- A `created` given as nanoseconds must lie in the years 1 to 9999 UTC, the times images.json
+  can hold (Go's MarshalJSON refuses others): a ValueError otherwise.
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ def created_of(created: object) -> tuple[int, int] | None:
     if isinstance(created, bool) or not isinstance(created, int | datetime):
         raise TypeError(f"created must be a datetime or nanoseconds, not {type(created).__name__}")
     if isinstance(created, int):
+        if not -62_135_596_800 * 10**9 <= created < 253_402_300_800 * 10**9:
+            raise ValueError(f"created {created} is outside the years 1 to 9999")
         return created, 0
     if created.tzinfo is None or created.utcoffset() is None:
         created = created.replace(tzinfo=UTC)
