@@ -166,6 +166,8 @@ def _parse_go_time_slow(text: str) -> tuple[int, int]:
     utcoff = value.utcoffset()
     if utcoff is None:
         raise ValueError(f"RFC 3339 time without a UTC offset: {text!r}")
+    if text[-1] not in "Zz" and (len(text) < 6 or not text[-2:].isdigit() or int(text[-2:]) > 59):
+        raise ValueError(f"not an RFC 3339 UTC offset in {text!r}")
     frac_ns = 0
     if text[19] == ".":
         end = 20

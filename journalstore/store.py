@@ -159,7 +159,7 @@ class ImageStore:
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
         for name, limit in (("keep_segments", keep_segments), ("keep_age", keep_age)):
-            if limit is not None and (not isinstance(limit, int | float) or limit < 0):
+            if limit is not None and (not isinstance(limit, int | float) or not 0 <= limit < float("inf")):
                 raise ValueError(f"{name} must be a non-negative number or None, not {limit!r}")
         self.path = os.path.abspath(os.fspath(path))
         self.fsync: FsyncMode = fsync
