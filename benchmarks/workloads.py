@@ -807,6 +807,53 @@ class Harness:
             note = f"msgpack + xxh3 + one os.write of {cfg.batch:,} create events{sync}"
             self.add(Measurement("raw-batch", "raw", size, fs, "ms/batch", batch_values, note=note))
         path.unlink(missing_ok=True)
+        self.raw_big_data(size)
+
+    def raw_big_data(self, size: int) -> None:
+        """The file-system floor of one new big-data item in the containers/storage layout.
+
+        What any store keeping that layout pays (Go's MkdirAll + ioutils.AtomicWriteFile): create
+        the image's directory, write the item to a temporary name in it and rename it into place;
+        with fsync, the file is fdatasynced before the rename and both directories after it.
+        """
+        cfg = self.cfg
+        data = b"\x5a" * cfg.big_data_bytes
+        base = self.workdir / "raw-big-data"
+        ops = max(1, cfg.raw_ops // 5)
+        for fsync in cfg.fsync_modes:
+            fs = fsync_label(fsync)
+            values: list[float] = []
+            for rep in range(cfg.repeat):
+                root = base / f"{fs}-{rep}"
+                root.mkdir(parents=True)
+                dirs = [str(root / f"{k:064x}") for k in range(ops)]
+                t0 = perf()
+                for directory in dirs:
+                    os.mkdir(directory, 0o700)
+                    tmp, final = directory + "/.tmp-config", directory + "/config"
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    try:
+                        os.write(fd, data)
+                        if fsync:
+                            os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+                    os.rename(tmp, final)
+                    if fsync:
+                        for d in (directory, str(root)):
+                            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                            try:
+                                os.fsync(dfd)
+                            finally:
+                                os.close(dfd)
+                values.append((perf() - t0) / ops * 1e6)
+            sync = "; fdatasync of the file, fsync of both directories" if fsync else ""
+            note = (
+                f"mkdir + write of {cfg.big_data_bytes:,} bytes to a temporary file + rename into place "
+                f"(the containers/storage layout's floor for a new big-data item{sync})"
+            )
+            self.add(Measurement("raw-big-data", "raw", size, fs, "µs/op", values, ops, ops, note=note))
+        shutil.rmtree(base, ignore_errors=True)
 
     def record_sizes(self, specs: list[Spec]) -> tuple[int, int]:
         """Bytes journalstore appends for one create, and for one batch of `cfg.batch` creates."""

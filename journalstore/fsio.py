@@ -68,7 +68,8 @@ class Disk:
         return os.stat(path)
 
     def exists(self, path: str) -> bool:
-        return os.path.lexists(path)
+        """Whether anything (a dangling symlink too) has this name; no exception on the hot path."""
+        return os.access(path, os.F_OK, follow_symlinks=False)
 
     def is_dir(self, path: str) -> bool:
         try:
