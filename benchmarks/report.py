@@ -460,6 +460,9 @@ def method_notes(results: Results) -> str:
         "- Memory: a fresh interpreter, `tracemalloc` started after imports, current traced bytes after "
         "opening ÷ N. SQLite's own page cache is C memory that tracemalloc does not see; the RSS row "
         "shows it.",
+        "- Isolation: the implementations' repetitions alternate (the order rotating each time), and "
+        "each starts after `os.sync()`, so that none is timed while the disk writes back another's "
+        "files.",
         "- Physical limits: `os.write` of one create record's bytes "
         f"({results.meta.get('create_record_bytes', '?')} bytes, measured from journalstore's journal) "
         "with and without `os.fdatasync`; msgpack + xxh3 of a record body; and one batch record of "

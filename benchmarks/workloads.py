@@ -301,11 +301,17 @@ class Harness:
             self._progress(f"[{perf() - self._start:7.1f}s] {text}")
 
     def interleave(self, impls: Sequence[str], fn: Callable[[str, int], float]) -> dict[str, list[float]]:
-        """`fn(impl, rep)` for every repetition and implementation, rotating the order each time."""
+        """`fn(impl, rep)` for every repetition and implementation, rotating the order each time.
+
+        Each call starts after `os.sync()`: the previous implementation's dirty pages (the seed's
+        rewrites of a large images.json) are written back before the next one is timed, so that
+        no implementation pays for another's write-back.
+        """
         values: dict[str, list[float]] = {impl: [] for impl in impls}
         for rep in range(self.cfg.repeat):
             k = rep % max(len(impls), 1)
             for impl in [*impls[k:], *impls[:k]]:
+                os.sync()
                 values[impl].append(fn(impl, rep))
         return values
 
@@ -415,6 +421,7 @@ class Harness:
                 del docs
             elif impl in bases:
                 shutil.copytree(bases[impl], path)
+                os.sync()  # the copy is untimed: so is writing it back
             adapter = cls()
             adapter.open(str(path), fsync)
             try:

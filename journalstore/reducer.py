@@ -30,6 +30,10 @@ class EventError(StoreError):
     """
 
 
+# Opcodes of the undo log; _UNDO (after State) maps each to the method that reverts it.
+_UNINSERT, _REORDER, _RESET, _UNREMOVE, _NAME, _DIGEST, _UNADD_DIGEST = range(7)
+
+
 class State:
     """The in-memory store: records in creation order plus the indexes over them.
 
@@ -57,7 +61,9 @@ class State:
         self.count = 0
         self.seq = 0
         self.read_only = read_only
-        self._undo: list[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+        # Undo entries are flat tuples (opcode, args...): no bound method per change, and tuples
+        # of strings the garbage collector soon stops tracking (see _UNDO at the end).
+        self._undo: list[tuple[Any, ...]] | None = None
         self._tombstones: list[str] = []
 
     # ------------------------------------------------------------------ reads
@@ -114,10 +120,10 @@ class State:
 
     # ------------------------------------------------------------------ primitives
 
-    def _log(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _log(self, entry: tuple[Any, ...]) -> None:
         undo = self._undo
         if undo is not None:
-            undo.append((fn, args))
+            undo.append(entry)
 
     def insert(self, image: Image) -> None:
         """Add a new record at the end of the creation order."""
@@ -125,22 +131,24 @@ class State:
         images = self.images
         if image_id in images:  # a tombstone of this transaction: the new record goes last
             if self._undo is not None:
-                self._undo.append((self._reorder, (list(images),)))  # O(n), and only in this rare case
+                self._undo.append((_REORDER, list(images)))  # O(n), and only in this rare case
             del images[image_id]
         images[image_id] = image
         self.count += 1
         if self._undo is not None:
-            self._undo.append((self._uninsert, (image_id,)))
+            self._undo.append((_UNINSERT, image_id))
         if self._prefix is not None:
             self._prefix.add(image_id)
+
+    def _reset(self, image_id: str, image: Image | None) -> None:
+        self.images[image_id] = image
 
     def _uninsert(self, image_id: str) -> None:
         del self.images[image_id]
         self.count -= 1
 
     def _reorder(self, order: list[str]) -> None:
-        # In place: earlier undo entries hold bound methods of this very dict.
-        images = self.images
+        images = self.images  # kept in place: others may hold this dict
         items = [(key, images.get(key)) for key in order]
         images.clear()
         images.update(items)
@@ -149,7 +157,7 @@ class State:
         """Swap a record for its changed copy, keeping its place in the order."""
         images = self.images
         if self._undo is not None:
-            self._undo.append((images.__setitem__, (image.id, images[image.id])))
+            self._undo.append((_RESET, image.id, images[image.id]))
         images[image.id] = image
 
     def remove(self, image_id: str) -> None:
@@ -157,7 +165,7 @@ class State:
         images = self.images
         old = images[image_id]
         if self._undo is not None:
-            self._undo.append((self._unremove, (image_id, old)))
+            self._undo.append((_UNREMOVE, image_id, old))
             images[image_id] = None
             self._tombstones.append(image_id)
         else:
@@ -173,13 +181,13 @@ class State:
     def set_name(self, name: str, image_id: str) -> None:
         by_name = self.by_name
         if self._undo is not None:
-            self._undo.append((self._restore_name, (name, by_name.get(name))))
+            self._undo.append((_NAME, name, by_name.get(name)))
         by_name[name] = image_id
 
     def drop_name(self, name: str) -> None:
         by_name = self.by_name
         if self._undo is not None:
-            self._undo.append((self._restore_name, (name, by_name.get(name))))
+            self._undo.append((_NAME, name, by_name.get(name)))
         by_name.pop(name, None)
 
     def _restore_name(self, name: str, image_id: str | None) -> None:
@@ -211,14 +219,14 @@ class State:
         found = by_digest.get(digest)
         if found is None:
             by_digest[digest] = image_id
-            self._log(self._set_digest, digest, None)
+            self._log((_DIGEST, digest, None))
         elif isinstance(found, str):
             if found != image_id:
                 by_digest[digest] = {found: None, image_id: None}
-                self._log(self._set_digest, digest, found)
+                self._log((_DIGEST, digest, found))
         elif image_id not in found:
             found[image_id] = None
-            self._log(self._unadd_digest, digest, image_id)
+            self._log((_UNADD_DIGEST, digest, image_id))
 
     def drop_digest(self, digest: str, image_id: str) -> None:
         by_digest = self.by_digest
@@ -228,9 +236,9 @@ class State:
         if isinstance(found, str):
             if found == image_id:
                 del by_digest[digest]
-                self._log(self._set_digest, digest, found)
+                self._log((_DIGEST, digest, found))
         elif image_id in found:
-            self._log(self._set_digest, digest, dict(found))  # O(images sharing it), keeps their order
+            self._log((_DIGEST, digest, dict(found)))  # O(images sharing it), keeps their order
             del found[image_id]
             if len(found) == 1:
                 by_digest[digest] = next(iter(found))
@@ -274,8 +282,8 @@ class State:
         undo = self._undo
         assert undo is not None
         while len(undo) > point[0]:
-            fn, args = undo.pop()
-            fn(*args)
+            entry = undo.pop()
+            _UNDO[entry[0]](self, *entry[1:])
         del self._tombstones[point[1] :]
         self._prefix = None  # rebuilt on demand; cheaper than logging every index move
 
@@ -360,6 +368,17 @@ class State:
         image = self.images[image_id]
         assert image is not None
         self.replace(_new(Image, (*image[:_NAMES], tuple(n for n in image.names if n != name), *image[_NAMES + 1 :])))
+
+
+_UNDO: tuple[Callable[..., None], ...] = (
+    State._uninsert,
+    State._reorder,
+    State._reset,
+    State._unremove,
+    State._restore_name,
+    State._set_digest,
+    State._unadd_digest,
+)
 
 
 # ---------------------------------------------------------------------- the reducer

@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from journalstore import ImageStore, failpoints
+from journalstore import ImageStore, StoreWarning, failpoints
 
 SETUP = """
 from journalstore import ImageStore
@@ -98,7 +99,12 @@ def test_killed_writer_recovers(tmp_path: Path, failpoint: str, op: str, skip: i
     with ImageStore(root) as s:
         got = [i.to_json() for i in s.images()]
         assert _strip_created(got) in (_strip_created(before), _strip_created(after))
-        s.create(names=["probe"])  # the next writer repairs what the dead one left
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StoreWarning)
+            s.create(names=["probe"])  # the next writer repairs what the dead one left
+        # A cut is always announced, with where the cut bytes were kept.
+        for w in caught:
+            assert issubclass(w.category, StoreWarning) and "a copy is in" in str(w.message), w
         check_files(s)
         s.garbage_collect()
         assert s.garbage_collect() == []
