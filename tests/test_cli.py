@@ -477,7 +477,10 @@ def _normalize(text: str, root: str) -> str:
     text = re.sub(r"(?<!sha256:)\b[0-9a-f]{64}\b", "<id>", text)
     text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "<time>", text)
     text = re.sub(r"\(\d+\.\d+ s\)", "(<seconds>)", text)
-    return re.sub(r"(\(|Journal bytes: |offset |json, )\d+", r"\1<n>", text)
+    text = re.sub(r"\b[0-9a-f]{12}\b", "<short-id>", text)
+    text = re.sub(r"(pid|uid)=\d+", r"\1=<n>", text)
+    text = re.sub(r"(\(|Journal bytes: |offset |json, |records\), )\d+", r"\1<n>", text)
+    return re.sub(r" {2,}", " ", text)  # columns padded to the width of a pid
 
 
 def test_readme_session_is_a_real_run(tmp_path: Path) -> None:
