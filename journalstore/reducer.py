@@ -62,7 +62,7 @@ class State:
         self.seq = 0
         self.read_only = read_only
         # Undo entries are flat tuples (opcode, args...): no bound method per change, and tuples
-        # of strings the garbage collector soon stops tracking (see _UNDO at the end).
+        # of strings the garbage collector soon stops tracking (_UNDO, below the class).
         self._undo: list[tuple[Any, ...]] | None = None
         self._tombstones: list[str] = []
 
