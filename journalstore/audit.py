@@ -8,6 +8,7 @@ is never held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -21,7 +22,6 @@ from . import replay
 from . import snapshot as snap
 from .errors import (
     BigDataUnknown,
-    DigestUnknown,
     ImageUnknown,
     JournalCorrupt,
     SizeUnknown,
@@ -30,6 +30,7 @@ from .errors import (
 )
 from .fsio import Disk
 from .locking import WriterLock
+from .reads import StateReads
 from .record import Image, time_from_datetime
 from .reducer import State, apply
 from .validation import check_read_key
@@ -341,8 +342,10 @@ def _events_of(rec: jn.Record) -> Iterator[Event]:
 # ---------------------------------------------------------------------- views of the past
 
 
-class StoreView:
+class StoreView(StateReads):
     """The store as it was right after record `seq`: the read methods of ImageStore, no writes."""
+
+    _mutex = contextlib.nullcontext()  # nothing changes a view's state
 
     def __init__(
         self,
@@ -360,43 +363,19 @@ class StoreView:
     def __repr__(self) -> str:
         return f"<StoreView at record {self.seq}: {len(self._state)} images>"
 
-    def __len__(self) -> int:
-        return len(self._state)
+    def _fresh(self) -> State:
+        return self._state
 
-    def __contains__(self, ref: object) -> bool:
-        return isinstance(ref, str) and self.exists(ref)
-
-    def get(self, ref: str) -> Image:
-        return self._state.find(ref)
-
-    def exists(self, ref: str) -> bool:
-        return self._state.lookup(ref) is not None
-
-    def images(self) -> list[Image]:
-        return list(self._state)
-
-    def by_digest(self, digest: str) -> list[Image]:
-        return self._state.images_with_digest(digest)
-
-    def metadata(self, ref: str) -> str:
-        return self.get(ref).metadata
-
-    def big_data_names(self, ref: str) -> list[str]:
-        return list(self.get(ref).big_data_names)
+    def _moment(self) -> str:
+        return f" at record {self.seq}"
 
     def big_data_size(self, ref: str, key: str) -> int:
         key = check_read_key(key)
-        size = self.get(ref).big_data_sizes.get(key)
+        image = self.get(ref)
+        size = image.big_data_sizes.get(key)
         if size is None:
-            raise SizeUnknown(f"size of big-data item {key!r} of image {ref!r} was not recorded at record {self.seq}")
+            raise SizeUnknown(f"size of big-data item {key!r} of image {image.id} is not known{self._moment()}")
         return size
-
-    def big_data_digest(self, ref: str, key: str) -> str:
-        key = check_read_key(key)
-        digest = self.get(ref).big_data_digests.get(key)
-        if digest is None:
-            raise DigestUnknown(f"digest of big-data item {key!r} of image {ref!r} not recorded at record {self.seq}")
-        return digest
 
     def big_data(self, ref: str, key: str) -> bytes:
         """The item's bytes, if the store still holds exactly the bytes it had then."""

@@ -25,7 +25,6 @@ from .audit import Event, Follower, Journal, StoreView, VerifyReport, verify
 from .bigdata import BigDataFiles, Write, check_key, sha256_digest
 from .errors import (
     BigDataUnknown,
-    DigestUnknown,
     DuplicateID,
     DuplicateImageNames,
     DuplicateName,
@@ -39,6 +38,7 @@ from .errors import (
 )
 from .fsio import DEFAULT_DISK, Disk
 from .locking import WriterLock
+from .reads import StateReads
 from .record import Image, time_from_datetime
 from .reducer import State, apply, fold_equal
 from .validation import (
@@ -128,7 +128,7 @@ def _is_hex_id(name: str) -> bool:
     return len(name) == 64 and _HEX64.issuperset(name)
 
 
-class ImageStore:
+class ImageStore(StateReads):
     """An image store directory: images.json, images.lock, journal/ and one directory per image.
 
     Thread-safe; many processes may open the same directory. See SPEC §3 for the operations.
@@ -1112,45 +1112,6 @@ class ImageStore:
                 return False
             return self._catch_up()
 
-    def get(self, ref: str) -> Image:
-        """The image with this ID, name or unique ID prefix; ImageUnknown otherwise."""
-        check_ref(ref)
-        with self._mutex:
-            return self._find(self._fresh(), ref)
-
-    def exists(self, ref: str) -> bool:
-        """Whether an image has this ID, name or unique ID prefix."""
-        check_ref(ref)
-        with self._mutex:
-            return self._fresh().lookup(ref) is not None
-
-    def __contains__(self, ref: object) -> bool:
-        return isinstance(ref, str) and self.exists(ref)
-
-    def __len__(self) -> int:
-        with self._mutex:
-            return len(self._fresh())
-
-    def images(self) -> list[Image]:
-        """Every image, in creation order (images.json order for an imported store)."""
-        with self._mutex:
-            return list(self._fresh())
-
-    def by_digest(self, digest: str) -> list[Image]:
-        """Images whose digest or a manifest's digest is `digest` ([] if none or malformed)."""
-        if not isinstance(digest, str):
-            raise TypeError(f"digest must be a string, not {type(digest).__name__}")
-        with self._mutex:
-            return self._fresh().images_with_digest(digest)
-
-    def metadata(self, ref: str) -> str:
-        """The image's metadata string."""
-        return self.get(ref).metadata
-
-    def big_data_names(self, ref: str) -> list[str]:
-        """Keys of the image's big-data items, in the order they were first set."""
-        return list(self.get(ref).big_data_names)
-
     def big_data(self, ref: str, key: str) -> bytes:
         """The bytes of a big-data item, exactly the bytes its recorded size and digest describe.
 
@@ -1209,15 +1170,6 @@ class ImageStore:
             return len(self.big_data(image.id, key))
         except BigDataUnknown:
             raise SizeUnknown(f"size of big-data item {key!r} of image {image.id} is not known") from None
-
-    def big_data_digest(self, ref: str, key: str) -> str:
-        """The recorded digest of a big-data item."""
-        check_read_key(key)
-        image = self.get(ref)
-        digest = image.big_data_digests.get(key)
-        if digest is None:
-            raise DigestUnknown(f"digest of big-data item {key!r} of image {image.id} is not known")
-        return digest
 
     @property
     def position(self) -> jn.Position:
