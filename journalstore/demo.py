@@ -363,14 +363,7 @@ class Demo:
                 self.now += step
                 image = self._pull_one(index)
                 with self.timings.measure("create an image (its own record)"):
-                    store.create(
-                        id=image.id,
-                        names=[image.name],
-                        layer=image.top_layer,
-                        digest=image.digest,
-                        created=self.now,
-                        big_data=image.big_data,
-                    )
+                    self._create_pulled(store, image)
                 self.checkpoint(store)
                 with self.timings.measure("move a tag (add-names)"):
                     store.add_names(image.id, [f"{image.repo}:latest"])
@@ -383,6 +376,17 @@ class Demo:
             f"({_size(stats['journal_bytes'])}), the big data {_size(stats['big_data_bytes'])}"
         )
 
+    def _create_pulled(self, store: ImageStore, image: PulledImage) -> None:
+        """Create a pulled image (its manifest and config as big data) at the demo's clock."""
+        store.create(
+            id=image.id,
+            names=[image.name],
+            layer=image.top_layer,
+            digest=image.digest,
+            created=self.now,
+            big_data=image.big_data,
+        )
+
     def load(self, count: int, *, minute: float) -> None:
         self.advance_to(minute)
         self.section(f"podman load: {count} images from an archive, in one batch ({self.clock()})")
@@ -392,14 +396,7 @@ class Demo:
         started = time.perf_counter()
         with store.batch():
             for image in images:
-                store.create(
-                    id=image.id,
-                    names=[image.name],
-                    layer=image.top_layer,
-                    digest=image.digest,
-                    created=self.now,
-                    big_data=image.big_data,
-                )
+                self._create_pulled(store, image)
         seconds = time.perf_counter() - started
         self.timings.add("create an image (in a batch)", seconds, count)
         self.checkpoint(store)
@@ -455,14 +452,7 @@ class Demo:
         podman, admin = self.podman, self.admin
         old = podman.get("docker.io/library/nginx:latest")
         newer = self._pull_one(0)
-        podman.create(
-            id=newer.id,
-            names=[newer.name],
-            layer=newer.top_layer,
-            digest=newer.digest,
-            created=self.now,
-            big_data=newer.big_data,
-        )
+        self._create_pulled(podman, newer)
         self.checkpoint(podman)
         podman.add_names(newer.id, ["docker.io/library/nginx:latest"])
         self.checkpoint(podman)
