@@ -17,9 +17,7 @@ from .framework import (
     EXIT_OK,
     Session,
     command,
-    image_document,
     plural,
-    summary_lines,
 )
 
 _RELATIVE = re.compile(r"^-?\s*(\d+(?:\.\d+)?)\s*([smhd])(?:\s+ago)?$")
@@ -176,12 +174,9 @@ def cmd_replay(s: Session, a: argparse.Namespace) -> int:
     with s.progress("replaying"):
         view = s.store.at(parse_when(a.at))
     images = view.images()
-    if s.json:
-        s.emit([image_document(image) for image in images])
-        return EXIT_OK
-    s.trace(f"state after record {view.seq}: {plural(len(images), 'image')}")
-    for image in images:
-        s.lines(summary_lines(image, quiet=a.quiet))
+    if not s.json:
+        s.trace(f"state after record {view.seq}: {plural(len(images), 'image')}")
+    s.list_images(images, quiet=a.quiet)
     return EXIT_OK
 
 

@@ -256,6 +256,14 @@ class Session:
         for text in texts:
             self.line(text)
 
+    def list_images(self, images: Sequence[Image], *, quiet: bool) -> None:
+        """An image listing as `images` prints it (--json: a list of image documents)."""
+        if self.json:
+            self.emit([image_document(image) for image in images])
+            return
+        for image in images:
+            self.lines(summary_lines(image, quiet=quiet))
+
     def emit(self, document: Any) -> None:
         """The command's one JSON document on stdout (compact, one line, like Go's encoder)."""
         self.out.write(json.dumps(document, ensure_ascii=False) + "\n")

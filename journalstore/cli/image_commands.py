@@ -23,7 +23,6 @@ from .framework import (
     read_text_file,
     ref_argument,
     refs_argument,
-    summary_lines,
 )
 
 # ============================================================================ image commands
@@ -71,12 +70,7 @@ def cmd_create_image(s: Session, a: argparse.Namespace) -> int:
     description="Prints each image's ID, then its names, digests and data keys, indented.",
 )
 def cmd_images(s: Session, a: argparse.Namespace) -> int:
-    images = s.store.images()
-    if s.json:
-        s.emit([image_document(image) for image in images])
-        return EXIT_OK
-    for image in images:
-        s.lines(summary_lines(image, quiet=a.quiet))
+    s.list_images(s.store.images(), quiet=a.quiet)
     return EXIT_OK
 
 
@@ -94,13 +88,7 @@ def _by_digest_args(p: argparse.ArgumentParser) -> None:
     description="Images whose digest, or the digest of one of their manifests, is DIGEST; same output as images.",
 )
 def cmd_images_by_digest(s: Session, a: argparse.Namespace) -> int:
-    digest = check_digest(a.digest)
-    images = s.store.by_digest(digest)
-    if s.json:
-        s.emit([image_document(image) for image in images])
-        return EXIT_OK
-    for image in images:
-        s.lines(summary_lines(image, quiet=a.quiet))
+    s.list_images(s.store.by_digest(check_digest(a.digest)), quiet=a.quiet)
     return EXIT_OK
 
 
