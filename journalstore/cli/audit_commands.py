@@ -18,6 +18,7 @@ from .framework import (
     Session,
     command,
     plural,
+    quiet_option,
 )
 
 _RELATIVE = re.compile(r"^-?\s*(\d+(?:\.\d+)?)\s*([smhd])(?:\s+ago)?$")
@@ -157,7 +158,7 @@ def _print_event(s: Session, event: Event) -> None:
 
 def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--at", metavar="WHEN", required=True, help="a record number or a time (see log)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only print IDs")
+    quiet_option(p)
 
 
 @command(
