@@ -135,7 +135,8 @@ class Journal:
             return 0
         return int(replay.header(self.disk, self.dir, segs[0]).get("base_seq", 0))
 
-    def _start_segment(self, seq: int | None) -> int:
+    def start_segment(self, seq: int | None) -> int:
+        """The segment holding record `seq` (the oldest for None): its base precedes `seq`."""
         segs = self.segments()
         if not segs:
             raise StoreError(f"{self.root} has no journal (a directory containers/storage wrote?)")
@@ -149,7 +150,7 @@ class Journal:
 
     def records(self, since_seq: int | None = None) -> Iterator[jn.Record]:
         """Commit records from the segment holding `since_seq` (or the oldest) to the end."""
-        yield from replay.records(self.disk, self.dir, self._start_segment(since_seq))
+        yield from replay.records(self.disk, self.dir, self.start_segment(since_seq))
 
     # ------------------------------------------------------------------ history
 
@@ -593,11 +594,19 @@ class Follower:
     """Events as other processes append them, from a cursor kept open (for `log --follow`)."""
 
     def __init__(self, disk: Disk, root: str, after_seq: int) -> None:
-        journal_dir = os.path.join(root, "journal")
-        segs = replay.segments(disk, journal_dir)
-        if not segs:
+        journal = Journal(disk, root)
+        if not journal.segments():
             raise StoreError(f"{root} has no journal")
-        self._cursor = jn.Cursor(disk, journal_dir, segs[-1], writable=False)
+        first = journal.first_seq()
+        if after_seq < first:
+            raise HistoryPruned(
+                f"records {after_seq + 1} to {first} were pruned from {root}; following is possible from "
+                f"record {first + 1} on",
+                first_seq=first + 1,
+            )
+        # The segment holding record after_seq + 1: the cursor crosses every rotation after it.
+        start = journal.start_segment(after_seq + 1)
+        self._cursor = jn.Cursor(disk, journal.dir, start, writable=False)
         self._after = after_seq
 
     def poll(self) -> list[Event]:
