@@ -117,3 +117,7 @@ __all__ = [
     "StoreIsReadOnly",
     "StoreNotFound",
 ]
+
+
+class StoreWarning(UserWarning):
+    """Something about the store a caller should know, that does not stop it from working."""

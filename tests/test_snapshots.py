@@ -221,7 +221,7 @@ def test_writes_go_on_while_a_compaction_runs_in_the_background(tmp_path: Path) 
             s.create(names=[f"during-{i}"])
         assert r.refresh() and len(r) == 25
         disk.release.set()
-        s._wait_for_compaction()
+        s.wait_for_compaction()
         s.create(names=["after"])
         assert s.position.segment == 2
         assert r.refresh() and [i.names[0] for i in r.images()] == [i.names[0] for i in s.images()]

@@ -3,67 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
 from typing import Any
 
 from ..errors import StoreError, StoreIsReadOnly, StoreNotFound
-from ..journal import parse_segment_name
 from ..snapshot import IMAGES_JSON
-from ..store import JOURNAL_DIR, ImageStore
+from ..stats import journal_segments, store_stats
 from .framework import (
     EXIT_OK,
     Session,
     command,
-    format_time,
     plural,
 )
 
 # ============================================================================ journal commands
-
-
-def _journal_segments(root: str) -> list[tuple[str, int]]:
-    """(file name, size) of each journal segment, oldest first."""
-    directory = os.path.join(root, JOURNAL_DIR)
-    try:
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    found: list[tuple[int, str, int]] = []
-    for name in names:
-        number = parse_segment_name(name)
-        if number is None:
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            found.append((number, name, os.stat(os.path.join(directory, name)).st_size))
-    return [(name, size) for _, name, size in sorted(found)]
-
-
-def store_stats(store: ImageStore) -> dict[str, Any]:
-    """Counts and sizes of a store: from its public API, its journal files and images.json."""
-    images = store.images()
-    digests = {d for image in images for d in image.digests}
-    segments = _journal_segments(store.path)
-    snapshot: dict[str, Any] | None = None
-    with contextlib.suppress(FileNotFoundError):
-        st = os.stat(os.path.join(store.path, IMAGES_JSON))
-        snapshot = {"file": IMAGES_JSON, "bytes": st.st_size, "modified": format_time(st.st_mtime)}
-    position = store.position
-    return {
-        "root": store.path,
-        "images": len(images),
-        "names": sum(len(image.names) for image in images),
-        "digests": len(digests),
-        "big_data_items": sum(len(image.big_data_names) for image in images),
-        "big_data_bytes": sum(sum(image.big_data_sizes.values()) for image in images),
-        "segments": len(segments),
-        "records": store.seq,
-        "journal_bytes": sum(size for _, size in segments),
-        "last_snapshot": snapshot,
-        "position": {"segment": position.segment, "offset": position.offset},
-    }
 
 
 def _stats_lines(s: Session, stats: dict[str, Any]) -> None:
@@ -157,13 +112,13 @@ def cmd_import(s: Session, a: argparse.Namespace) -> int:
         raise StoreIsReadOnly(f"import converts {directory} in place: it cannot run with --read-only")
     if not os.path.isdir(directory):
         raise StoreNotFound(f"no directory {directory}")
-    if _journal_segments(directory):
+    if journal_segments(directory):
         raise StoreError(f"{directory} is already a journalstore store: nothing to import")
     if not os.path.exists(source):
         raise StoreNotFound(f"{directory} holds no {IMAGES_JSON} to import")
     with s.progress(f"importing {source}"):
         store = s.open(directory, write=True)
-    if store.read_only or not _journal_segments(directory):
+    if store.read_only or not journal_segments(directory):
         raise StoreIsReadOnly(f"cannot import {directory}: it is not writable by this user")
     count = len(store)
     if s.json:
@@ -193,7 +148,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     "ends with a table of timings. --json prints the narrative on stderr and a summary on stdout.",
 )
 def cmd_demo(s: Session, a: argparse.Namespace) -> int:
-    from .. import demo
+    from . import demo
 
     if a.images is not None and a.images < 20:
         raise ValueError(f"--images must be at least 20, not {a.images}")

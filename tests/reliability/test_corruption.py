@@ -37,6 +37,7 @@ from journalstore import ImageStore, JournalCorrupt, StoreWarning
 from journalstore import journal as jn
 from journalstore import snapshot as snap
 from journalstore.errors import SnapshotMismatch
+from journalstore.layout import Layout
 
 from ..model import snapshot_of_store
 from .conftest import STRESS, scale
@@ -670,15 +671,15 @@ def test_a_compaction_finishing_during_an_open_is_not_a_missing_segment(
         s.compact()
         s.create(names=["c"])
         expected = snapshot_of_store(s)
-    listing = ImageStore._segments
+    listing = Layout.segments
     calls = []
 
-    def listed_before_the_compaction(self: ImageStore) -> list[int]:
+    def listed_before_the_compaction(self: Layout) -> list[int]:
         calls.append(1)
         segments = listing(self)
         return segments[:-1] if len(calls) <= 2 else segments  # _open, then _load_journal
 
-    monkeypatch.setattr(ImageStore, "_segments", listed_before_the_compaction)
+    monkeypatch.setattr(Layout, "segments", listed_before_the_compaction)
     with ImageStore(root, read_only=True) as r:
         assert snapshot_of_store(r) == expected
 

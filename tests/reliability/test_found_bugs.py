@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from journalstore import ImageStore, StoreError, StoreWarning
-from journalstore import store as store_module
+from journalstore import compaction as compaction_module
 from journalstore.fsio import Disk
 
 
@@ -89,7 +89,7 @@ def test_compact_from_another_thread_while_a_background_compaction_starts(
                 time.sleep(0.3)  # widen the window between creating and starting the thread
             super().start()
 
-    monkeypatch.setattr(store_module.threading, "Thread", SlowStart)
+    monkeypatch.setattr(compaction_module.threading, "Thread", SlowStart)
     store = ImageStore(tmp_path / "s", fsync="never", compact_every=1)
     errors: list[BaseException] = []
 

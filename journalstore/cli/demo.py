@@ -25,11 +25,11 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
-from .cli.audit_commands import describe
-from .cli.framework import Progress, detail_lines, summary_lines
-from .cli.journal_commands import store_stats
-from .errors import StoreError
-from .store import FsyncMode, ImageStore
+from ..errors import StoreError
+from ..stats import store_stats
+from ..store import FsyncMode, ImageStore
+from .audit_commands import describe
+from .framework import Progress, detail_lines, summary_lines
 
 FULL_IMAGES = 300
 QUICK_IMAGES = 60
