@@ -1,10 +1,16 @@
 """The writers' lock: an exclusive flock(2) on images.lock, shared with filelock users.
 
 filelock.FileLock takes exactly this lock (flock on the same file), so any tool that locks
-images.lock with filelock excludes our writers and is excluded by them. The uncontended path
-flocks a descriptor kept open (about 1 µs; filelock's own acquire costs about 90 µs here, which
-would dominate every write); only when the lock is busy do we wait in filelock, which
-handles the timeout.
+images.lock with filelock excludes our writers and is excluded by them. Within a process a
+thread lock comes first, since flock does not exclude two threads sharing one descriptor.
+
+The lock is only ever tried, never waited on inside the kernel: `try_acquire` says who holds
+it, and the caller decides how to wait (an open store waits on a condition of its instance
+mutex, so that readers of the same instance are never stuck behind a writer's wait). The file
+is opened without O_TRUNC: its first 64 bytes are containers/storage's "last writer" bytes.
+
+Lock order, outermost first (docs/architecture.md): the instance mutex (released while
+waiting), the thread lock, the flock.
 """
 
 from __future__ import annotations
@@ -15,65 +21,68 @@ import os
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Literal
 
 from .errors import LockTimeout
-
-if TYPE_CHECKING:
-    import filelock
 from .fsio import Disk
 
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+POLL_INTERVAL = 0.0005  # between tries while another process holds the lock (filelock's default)
+
+Holder = Literal["thread", "process"]
 
 
 class WriterLock:
-    """Exclusive across processes (flock) and threads (a mutex); not re-entrant."""
+    """Exclusive across processes (flock) and threads (a thread lock); not re-entrant."""
 
     def __init__(self, disk: Disk, path: str, timeout: float | None) -> None:
         self.path = path
         self.timeout = timeout
         self._disk = disk
         self._fd = disk.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        self._mutex = threading.Lock()
-        self._waiter: filelock.FileLock | None = None
+        self._thread_lock = threading.Lock()
 
-    def acquire(self) -> None:
-        start = time.monotonic()
-        timeout = self.timeout
-        if not self._mutex.acquire(timeout=-1 if timeout is None else timeout):
-            raise LockTimeout(f"timed out after {timeout}s waiting for the lock on {self.path}")
+    def try_acquire(self) -> Holder | None:
+        """Take the lock if it is free: None when taken, else who holds it (another thread of
+        this process, or another process)."""
+        if not self._thread_lock.acquire(blocking=False):
+            return "thread"
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
         except OSError as exc:
-            if exc.errno not in _BUSY:
-                self._mutex.release()
-                raise
-        # Busy: another process writes. Wait for it through filelock (poll with timeout).
-        import filelock  # only here: importing it costs more than an uncontended write
-
-        remaining = -1.0 if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-        waiter = filelock.FileLock(self.path, timeout=remaining, poll_interval=0.0005, thread_local=False)
-        try:
-            waiter.acquire()
-        except filelock.Timeout:
-            self._mutex.release()
-            raise LockTimeout(f"timed out after {timeout}s waiting for the lock on {self.path}") from None
-        except BaseException:
-            self._mutex.release()
+            self._thread_lock.release()
+            if exc.errno in _BUSY:
+                return "process"
             raise
-        self._waiter = waiter
+        return None
+
+    def acquire(self, wait: Callable[[Holder, float | None], object] | None = None) -> None:
+        """Take the lock, waiting at most `timeout` seconds (LockTimeout after that).
+
+        `wait(holder, seconds)` pauses between tries (None: until woken); by default the thread
+        sleeps, polling every POLL_INTERVAL.
+        """
+        timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            holder = self.try_acquire()
+            if holder is None:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise LockTimeout(f"timed out after {timeout}s waiting for the lock on {self.path}")
+            pause = POLL_INTERVAL if remaining is None else min(POLL_INTERVAL, remaining)
+            if wait is None:
+                time.sleep(pause)
+            else:
+                wait(holder, pause if holder == "process" else remaining)
 
     def release(self) -> None:
-        waiter = self._waiter
         try:
-            if waiter is not None:
-                self._waiter = None
-                waiter.release()
-            else:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
-            self._mutex.release()
+            self._thread_lock.release()
 
     def record_write(self) -> None:
         """Change the lock file's "last writer" bytes, as containers/storage's RecordWrite does.

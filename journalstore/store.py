@@ -29,7 +29,7 @@ from .fsio import DEFAULT_DISK, Disk
 from .layout import JOURNAL_DIR, LOCK_FILE, Layout
 from .live import Live
 from .reads import StateReads
-from .record import Image, time_from_datetime
+from .record import Image, is_manifest_key, time_from_datetime
 from .reducer import State
 from .transaction import Transactions
 from .validation import (
@@ -390,7 +390,7 @@ class ImageStore(StateReads):
         check_ref(ref)
         key = check_key(key)
         data = check_bytes(data)
-        if key.startswith("manifest") and digest_manifest is not None:
+        if is_manifest_key(key) and digest_manifest is not None:
             digest = digest_manifest(data)
             check_digest(digest, f"manifest digest of {key!r}")
         else:

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import failpoints, foreign, opening
 from . import journal as jn
-from .bigdata import Write
+from .bigdata import Planned, Write
 from .compaction import Compactor
-from .errors import RecordTooLarge, StoreError
+from .errors import RecordTooLarge, StoreError, StoreWarning
 from .live import Live
-from .locking import WriterLock
+from .locking import Holder, WriterLock
 from .reducer import State, apply
 
 T = TypeVar("T")
+THREAD_WAIT = 0.05  # seconds; a waiter re-checks the lock at least this often
 
 
 class Txn:
@@ -52,6 +55,9 @@ class Transactions:
     def __init__(self, live: Live) -> None:
         self._live = live
         self.txn: Txn | None = None  # the open transaction (read under the instance mutex)
+        # Signalled when this instance's writers' lock is released. Waiting on it releases the
+        # instance mutex, so readers of this instance never wait behind a writer's lock wait.
+        self._lock_free = threading.Condition(live.mutex)
         self.compactor: Compactor | None = None  # set by the facade right after construction
 
     def _compactor(self) -> Compactor:
@@ -127,7 +133,7 @@ class Transactions:
         if os.getpid() != live.pid:
             self._after_fork()
         assert live.lock is not None
-        live.lock.acquire()
+        live.lock.acquire(self._wait)
         try:
             opening.catch_up(live)
             cursor = live.cursor
@@ -143,12 +149,21 @@ class Transactions:
                     live.compact_soon = False
                     self._compactor().compact_locked()
         except BaseException:
-            live.lock.release()
+            self.release()
             raise
 
+    def _wait(self, holder: Holder, seconds: float | None) -> None:
+        """Wait for the writers' lock without holding the instance mutex (caller holds it once
+        or more; Condition.wait releases every level and takes them back)."""
+        if holder == "thread":  # woken by release(); the bound only guards against a lost wakeup
+            seconds = THREAD_WAIT if seconds is None else min(seconds, THREAD_WAIT)
+        self._lock_free.wait(seconds)
+
     def release(self) -> None:
+        """Release the writers' lock (caller holds the instance mutex) and wake its waiters."""
         assert self._live.lock is not None
         self._live.lock.release()
+        self._lock_free.notify_all()
 
     def _after_fork(self) -> None:
         """A child process must not share the parent's lock and journal descriptors."""
@@ -191,6 +206,13 @@ class Transactions:
         del txn.stale[stale:]
 
     def _commit(self, txn: Txn) -> None:
+        """Append the transaction's record and keep its events; undo both if it did not land.
+
+        Whether the record counts depends only on where the journal's bytes are: if anything
+        (an error, an interrupt) stops this method after the whole record reached the segment,
+        the record is kept in memory too and the exception goes on; otherwise every byte and
+        file it wrote is undone and the caller rolls the state back.
+        """
         live = self._live
         state = live.state
         cursor = live.cursor
@@ -206,30 +228,53 @@ class Transactions:
                 f"(the maximum is {jn.MAX_FRAME}); split it into smaller changes"
             )
         frame = jn.encode_frame(payload)
-        planned = None
+        files = live.files
+        planned = files.plan(txn.writes) if txn.writes else None
+        prepare = None if planned is None else files.prepare_body(seq, planned)
+        prepare_frame = b"" if prepare is None else jn.encode_frame(jn.pack(prepare))
         before = cursor.offset
-        if txn.writes:
-            files = live.files
-            planned = files.plan(txn.writes)
-            prepare = files.prepare_body(seq, planned)
-            cursor.append(jn.encode_frame(jn.pack(prepare)), sync=False)
-            failpoints.hit("bigdata-after-prepare")
-            try:
+        end = before + len(prepare_frame) + len(frame)
+        try:
+            if planned is not None:
+                cursor.append(prepare_frame, sync=False)
+                failpoints.hit("bigdata-after-prepare")
                 files.install(seq, planned, sync=live.sync)
-                cursor.append(frame, sync=live.sync)
-            except BaseException:
-                files.undo(seq, prepare["files"])
+            cursor.append(frame, sync=live.sync)
+            if planned is not None:
+                failpoints.hit("bigdata-after-commit")
+            failpoints.hit("commit-after-append")
+        except BaseException:
+            if not cursor.settle(end):
+                if prepare is not None:
+                    files.undo(seq, prepare["files"])
                 cursor.truncate(before, sync=live.sync)
                 raise
-            failpoints.hit("bigdata-after-commit")
-        else:
-            cursor.append(frame, sync=live.sync)
-        state.seq = seq
-        state.commit()
+            self._keep(txn, seq, planned)  # the record is in the journal: it counts
+            raise
+        self._keep(txn, seq, planned)
+
+    def _keep(self, txn: Txn, seq: int, planned: list[Planned] | None) -> None:
+        """The record of `txn` is in the journal: keep its events, then clean up after it.
+
+        Nothing after this point may make the call fail: what cleanup leaves behind is reported
+        as a StoreWarning and removed by garbage_collect() or the next repair.
+        """
+        live = self._live
+        live.state.seq = seq
+        live.state.commit()
         live.segment_events += len(txn.events)
-        if planned is not None:
-            live.files.finish(seq, planned)
-        self._after_commit(txn)
+        try:
+            if planned is not None:
+                live.files.finish(seq, planned)
+            self._after_commit(txn)
+        except Exception as exc:
+            warnings.warn(
+                f"record {seq} is committed, but cleaning up after it failed ({exc}); garbage_collect() "
+                "or the next write's repair removes what is left",
+                StoreWarning,
+                stacklevel=5,
+            )
+            live.repaired = False  # the next writer cleans staging again
 
     def _after_commit(self, txn: Txn) -> None:
         """Remove what the committed record made garbage, then compact if it is time."""

@@ -46,6 +46,7 @@ CASES = [
     if (fp.startswith("append") and op in ("create", "overwrite", "batch"))
     or (fp.startswith("bigdata") and op in ("create-big", "overwrite", "batch"))
     or (fp.startswith("delete") and op in ("delete", "batch"))
+    or (fp.startswith("commit") and op in ("create", "create-big", "overwrite", "delete", "batch"))
     or ((fp.startswith("snapshot") or fp.startswith("compact")) and op == "compact")
 ]
 # A big-data write appends twice (prepare, then commit): die in the second append too.
