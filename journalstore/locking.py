@@ -1,8 +1,13 @@
-"""The writers' lock: an exclusive flock(2) on images.lock, shared with filelock users.
+"""The writers' lock: flock(2) and containers/storage's record lock on images.lock.
 
-filelock.FileLock takes exactly this lock (flock on the same file), so any tool that locks
-images.lock with filelock excludes our writers and is excluded by them. Within a process a
-thread lock comes first, since flock does not exclude two threads sharing one descriptor.
+filelock.FileLock takes exactly the flock (on the same file), so any tool that locks images.lock
+with filelock excludes our writers and is excluded by them. containers/storage takes a POSIX
+record lock over the whole file instead (`fcntl(F_SETLKW)`, a write lock to write, a read lock
+to read), which never conflicts with flock on Linux; so a writer also takes an exclusive
+open-file-description record lock (`F_OFD_SETLK`) over the whole file. OFD locks conflict with
+Go's classic POSIX locks, and unlike classic ones they are not dropped when another descriptor
+of the file in this process is closed. Within a process a thread lock comes first, since
+neither kernel lock excludes two threads sharing one descriptor.
 
 The lock is only ever tried, never waited on inside the kernel: `try_acquire` says who holds
 it, and the caller decides how to wait (an open store waits on a condition of its instance
@@ -10,7 +15,7 @@ mutex, so that readers of the same instance are never stuck behind a writer's wa
 is opened without O_TRUNC: its first 64 bytes are containers/storage's "last writer" bytes.
 
 Lock order, outermost first (docs/architecture.md): the instance mutex (released while
-waiting), the thread lock, the flock.
+waiting), the thread lock, the flock, containers/storage's record lock.
 """
 
 from __future__ import annotations
@@ -31,6 +36,16 @@ _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
 POLL_INTERVAL = 0.0005  # between tries while another process holds the lock (filelock's default)
 
 Holder = Literal["thread", "process"]
+
+
+def _flock_struct(kind: int) -> bytes:
+    """A `struct flock` over the whole file (start 0, length 0 = to the end), l_pid 0 as OFD
+    locks require: short type, short whence, off_t start, off_t len, pid_t pid (native layout)."""
+    return struct.pack("@hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)
+
+
+_WHOLE_FILE_WRITE = _flock_struct(fcntl.F_WRLCK)
+_WHOLE_FILE_UNLOCK = _flock_struct(fcntl.F_UNLCK)
 
 
 class WriterLock:
@@ -54,6 +69,14 @@ class WriterLock:
             self._thread_lock.release()
             if exc.errno in _BUSY:
                 return "process"
+            raise
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _WHOLE_FILE_WRITE)
+        except OSError as exc:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._thread_lock.release()
+            if exc.errno in _BUSY:
+                return "process"  # a containers/storage process reads or writes
             raise
         return None
 
@@ -80,7 +103,10 @@ class WriterLock:
 
     def release(self) -> None:
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            try:
+                fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _WHOLE_FILE_UNLOCK)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
 

@@ -96,6 +96,11 @@ class ImageStore(StateReads):
         for name, value in (("compact_every", compact_every), ("compact_bytes", compact_bytes)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+        if lock_timeout is not None:
+            if not isinstance(lock_timeout, int | float) or isinstance(lock_timeout, bool):
+                raise TypeError(f"lock_timeout must be a number of seconds or None, not {type(lock_timeout).__name__}")
+            if not lock_timeout >= 0:  # NaN too
+                raise ValueError(f"lock_timeout must be a non-negative number of seconds, not {lock_timeout!r}")
         for name, limit in (("keep_segments", keep_segments), ("keep_age", keep_age)):
             if limit is not None and (not isinstance(limit, int | float) or not 0 <= limit < float("inf")):
                 raise ValueError(f"{name} must be a non-negative number or None, not {limit!r}")
@@ -486,6 +491,8 @@ class ImageStore(StateReads):
     def at(self, when: int | datetime) -> StoreView:
         """A read-only view of the store right after record `when` (or the last record at or
         before a datetime)."""
+        if isinstance(when, bool) or not isinstance(when, int | datetime):
+            raise TypeError(f"at() takes a sequence number or a datetime, not {type(when).__name__}")
         state = self._journal().state_at(when)
         moment = when if isinstance(when, datetime) else None
         return StoreView(state, moment, self._current_by_id, self._live.files.read)

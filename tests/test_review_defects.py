@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -336,3 +337,77 @@ def test_positional_builders_match_keyword_construction() -> None:
     assert got is not None
     assert got._asdict() == expected._asdict()
     assert Image.from_json(got.to_json())._asdict() == expected._asdict()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [("x", TypeError), (True, TypeError), ([1], TypeError), (-1, ValueError), (float("nan"), ValueError)],
+)
+def test_a_bad_lock_timeout_fails_in_the_constructor(tmp_path: Path, timeout: object, error: type) -> None:
+    """Issue 12's small rejection: lock_timeout='x' used to be accepted until the first wait."""
+    with pytest.raises(error, match="lock_timeout"):
+        ImageStore(tmp_path / "s", lock_timeout=timeout)  # type: ignore[arg-type]
+    assert not (tmp_path / "s").exists()
+
+
+def test_at_none_is_refused(tmp_path: Path) -> None:
+    """Issue 12's small rejection: at(None) returned the current state; at() takes a seq or a time."""
+    with ImageStore(tmp_path / "s", fsync="never") as store:
+        store.create(names=["a"])
+        with pytest.raises(TypeError, match="sequence number or a datetime"):
+            store.at(None)  # type: ignore[arg-type]
+        assert store.at(1).exists("a")
+
+
+def test_writers_exclude_containers_storage_record_locks(tmp_path: Path) -> None:
+    """Issue 12.1: a process holding a POSIX record lock on images.lock, as containers/storage
+    does while it reads or writes, keeps our writers out; and our writers keep it out."""
+    root = tmp_path / "s"
+    with ImageStore(root, fsync="never", lock_timeout=0.3) as store:
+        store.create(names=["a"])
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl, sys, time\n"
+                "f = open(sys.argv[1], 'r+b')\n"
+                "fcntl.lockf(f, fcntl.LOCK_SH)\n"  # Go's read lock: F_SETLKW, F_RDLCK, whole file
+                "print('locked', flush=True)\n"
+                "sys.stdin.readline()\n",
+                str(root / "images.lock"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            with pytest.raises(LockTimeout):
+                store.create(names=["b"])
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(10)
+        store.create(names=["b"])
+        with store.batch():
+            store.create(names=["c"])
+            probe = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import fcntl, sys\n"
+                    "f = open(sys.argv[1], 'r+b')\n"
+                    "try:\n"
+                    "    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                    "except OSError:\n"
+                    "    print('busy')\n"
+                    "else:\n"
+                    "    print('free')\n",
+                    str(root / "images.lock"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            assert probe.stdout.strip() == "busy"
