@@ -81,6 +81,7 @@ CRASHES = [
 # Stress mode adds a writer killed at each of the other failpoints, in an operation that passes it.
 _OP_OF = {
     "append": OPEN + 's.create("d" * 64, ["new"])',
+    "commit": OPEN + 's.create("d" * 64, ["new"])',
     "bigdata": OPEN + 's.set_big_data("keep", "manifest", b"new")',
     "delete": OPEN + 's.delete("doomed")',
     "snapshot": OPEN + "s.compact()",
