@@ -185,6 +185,8 @@ class BigDataFiles:
         disk = self.disk
         touched: dict[str, bool] = {}
         for i, entry in enumerate(files):
+            if not isinstance(entry, list | tuple) or len(entry) != 4:
+                continue  # never act on an entry a damaged record would give
             image_id, name, had_old, dir_created = entry[0], entry[1], bool(entry[2]), bool(entry[3])
             if not isinstance(image_id, str) or not is_directory_name(image_id) or not is_file_name(name):
                 continue  # never follow a path a damaged record would name

@@ -297,7 +297,9 @@ def repair(live: Live, compactor: Compactor) -> None:
         tail = cursor.tail
         prepare = cursor.dangling_prepare
         if prepare is not None:
-            live.files.undo(int(prepare.body.get("seq", 0)), prepare.body.get("files", ()))
+            seq, files = prepare.body.get("seq"), prepare.body.get("files")
+            if isinstance(seq, int) and isinstance(files, list | tuple):
+                live.files.undo(seq, files)  # a prepare we could not have written undoes nothing
         size = live.disk.size(cursor.fd)
         if prepare is None or size > prepare.end:
             _keep_broken(live, tail)

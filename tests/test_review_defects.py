@@ -411,3 +411,23 @@ def test_writers_exclude_containers_storage_record_locks(tmp_path: Path) -> None
                 check=True,
             )
             assert probe.stdout.strip() == "busy"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "prepare", "seq": None, "events": None},
+        {"type": "prepare", "seq": 2, "files": 5},
+        {"type": "prepare", "seq": 2, "files": [["a" * 64], 7, None]},
+    ],
+)
+def test_a_malformed_dangling_prepare_is_cut_not_a_crash(tmp_path: Path, body: dict[str, object]) -> None:
+    """Found by the read-write decoder fuzzing (issue 15.2's suite): a checksum-valid prepare with a
+    seq or files of the wrong type made the next writer's repair raise TypeError."""
+    root = tmp_path / "store"
+    with ImageStore(root, fsync="never") as store:
+        store.create(names=["a"])
+    _append_record(root, body)
+    with ImageStore(root, fsync="never") as store:
+        store.create(names=["b"])
+        assert store.seq == 2
