@@ -104,6 +104,7 @@ __all__ = [
     "DuplicateImageNames",
     "DuplicateName",
     "EventError",
+    "ForeignDamage",
     "HistoryPruned",
     "ImageUnknown",
     "InvalidBigDataName",
@@ -146,6 +147,12 @@ class EventError(StoreError):
 
     Never raised for events the store wrote itself; on replay it means the journal was altered.
     """
+
+
+class ForeignDamage(SnapshotMismatch):
+    """images.json changed in a way containers/storage could not have made (not a list of
+    images, or rewritten while the last-writer bytes of images.lock did not change): it is
+    never merged automatically (docs/coexistence.md)."""
 
 
 class StoreWarning(UserWarning):

@@ -33,6 +33,7 @@ NAMES = (
     "compact-after-segment",
     "compact-before-publish",
     "compact-after-publish",
+    "publish-before-mark",
 )
 
 

@@ -45,7 +45,24 @@ def _flock_struct(kind: int) -> bytes:
 
 
 _WHOLE_FILE_WRITE = _flock_struct(fcntl.F_WRLCK)
+_WHOLE_FILE_READ = _flock_struct(fcntl.F_RDLCK)
 _WHOLE_FILE_UNLOCK = _flock_struct(fcntl.F_UNLCK)
+
+
+def hold_read_lock(fd: int, timeout: float, path: str) -> None:
+    """Take containers/storage's read lock (an OFD read lock over the whole file) on `fd`,
+    polling up to `timeout` seconds; closing `fd` releases it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _WHOLE_FILE_READ)
+            return
+        except OSError as exc:
+            if exc.errno not in _BUSY:
+                raise
+        if time.monotonic() >= deadline:
+            raise LockTimeout(f"timed out after {timeout}s waiting for a read lock on {path}")
+        time.sleep(POLL_INTERVAL)
 
 
 class WriterLock:
@@ -110,16 +127,14 @@ class WriterLock:
         finally:
             self._thread_lock.release()
 
-    def record_write(self) -> None:
-        """Change the lock file's "last writer" bytes, as containers/storage's RecordWrite does.
+    def read_head(self, size: int) -> bytes:
+        """The first `size` bytes of the lock file (containers/storage's last-writer bytes and
+        our publication mark after them); readers may call this without holding the lock."""
+        return self._disk.pread(self._fd, size, 0)
 
-        Go readers notice a new images.json only when these 64 bytes change; call this (holding
-        the lock) before publishing a snapshot. Layout as Go's lockfile: time, counter, pid, random.
-        """
-        old = self._disk.pread(self._fd, 64, 0)
-        counter = int.from_bytes(old[8:16], "little") + 1 if len(old) >= 16 else 1
-        data = struct.pack("<QQI", time.time_ns(), counter & 0xFFFFFFFFFFFFFFFF, os.getpid() & 0xFFFFFFFF)
-        self._disk.pwrite(self._fd, data + os.urandom(64 - len(data)), 0)
+    def write_head(self, data: bytes) -> None:
+        """Overwrite the start of the lock file in one write (caller holds the lock)."""
+        self._disk.pwrite(self._fd, data, 0)
 
     def close(self) -> None:
         if self._fd >= 0:

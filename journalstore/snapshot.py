@@ -22,7 +22,7 @@ from .record import EMPTY_MAP, F_BD_SIZES, F_CREATED_NS, JSON_KEYS, Image, forma
 
 IMAGES_JSON = "images.json"
 
-_GO_ESCAPES = str.maketrans(
+GO_ESCAPES = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -141,7 +141,7 @@ def image_json_text(image: Image) -> str:
 def encode(images: Iterable[Image]) -> bytes:
     """The images.json bytes for these records, in order."""
     text = "[" + ",".join(map(image_json_text, images)) + "]"
-    return text.translate(_GO_ESCAPES).encode("utf-8")
+    return text.translate(GO_ESCAPES).encode("utf-8")
 
 
 # --------------------------------------------------------------------------- decoding

@@ -84,12 +84,15 @@ class ImageStore(StateReads):
         lock_timeout: float | None = None,
         keep_segments: int | None = None,
         keep_age: float | None = None,
+        shared: bool | None = None,
         disk: Disk | None = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"store path must be a string or path, not {type(path).__name__}")
         if not os.fspath(path):
             raise ValueError("store path is empty")  # abspath would make it the working directory
+        if shared is not None and not isinstance(shared, bool):
+            raise TypeError(f"shared must be True, False or None, not {type(shared).__name__}")
         if fsync not in ("always", "never"):
             raise ValueError(f"fsync must be 'always' or 'never', not {fsync!r}")
         check_str(actor, "actor")  # it goes into every record
@@ -109,7 +112,9 @@ class ImageStore(StateReads):
         self.actor = actor
         self._disk = disk or DEFAULT_DISK
         self._layout = Layout(self._disk, self.path, fsync == "always")
-        self._live = live = Live(self._layout, read_only=read_only, actor=actor)
+        if shared is None:
+            shared = self._layout.in_containers_storage_root()
+        self._live = live = Live(self._layout, read_only=read_only, actor=actor, shared=shared)
         self._mutex = live.mutex
         self._tx = Transactions(live)
         self._compactor = Compactor(
@@ -124,7 +129,7 @@ class ImageStore(StateReads):
         self._tx.compactor = self._compactor
         try:
             opening.open_store(live, lock_timeout)
-            if live.foreign_data is not None and not live.read_only:
+            if (live.foreign_data is not None or live.go_pending) and not live.read_only:
                 with self._tx.locked():
                     pass  # the repair step merges the foreign images.json
         except BaseException:
@@ -150,6 +155,12 @@ class ImageStore(StateReads):
         return self._compactor.keep_age
 
     @property
+    def shared(self) -> bool:
+        """Whether every commit is published for containers/storage (images.json and the
+        last-writer bytes of images.lock) before the call returns; docs/coexistence.md."""
+        return self._live.shared
+
+    @property
     def foreign_rewrite(self) -> bool:
         """Whether images.json was rewritten by another program and is not merged yet."""
         return self._live.foreign_rewrite
@@ -173,17 +184,25 @@ class ImageStore(StateReads):
     # ================================================================== reads
 
     def _fresh(self) -> State:
-        """The state, caught up with other writers (one fstat when nothing changed)."""
+        """The state, caught up with other writers (one fstat when nothing changed; and in a
+        shared store one pread of images.lock, to see containers/storage's saves)."""
         if self._tx.txn is None:
-            opening.catch_up(self._live)
+            live = self._live
+            opening.catch_up(live)
+            if live.shared and live.cursor is not None:
+                opening.notice_go_save(live)
         return self._live.state
 
     def refresh(self) -> bool:
-        """Apply records other processes appended; True if there were any."""
+        """Apply records other processes appended (and, in a shared store, what containers/storage
+        saved); True if there were any."""
         with self._mutex:
             if self._tx.txn is not None:
                 return False
-            return opening.catch_up(self._live)
+            live = self._live
+            appended = opening.catch_up(live)
+            saved = live.shared and live.cursor is not None and opening.notice_go_save(live)
+            return appended or saved
 
     def big_data(self, ref: str, key: str) -> bytes:
         """The bytes of a big-data item, exactly the bytes its recorded size and digest describe.
@@ -539,6 +558,7 @@ class ImageStore(StateReads):
             if live.lock is not None:
                 live.lock.close()
                 live.lock = None
+            live.close_head()
             live.read_only = True
             live.read_only_reason = "the store was closed"
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from . import failpoints, foreign, opening
 from . import journal as jn
+from . import publication as pub
 from .bigdata import Planned, Write
 from .compaction import Compactor
 from .errors import RecordTooLarge, StoreError, StoreWarning
@@ -135,6 +136,8 @@ class Transactions:
         assert live.lock is not None
         live.lock.acquire(self._wait)
         try:
+            if live.overlay:
+                opening.load_journal(live, locked=True)  # drop what was merged in memory only
             opening.catch_up(live)
             cursor = live.cursor
             assert cursor is not None
@@ -148,9 +151,43 @@ class Transactions:
                 if live.compact_soon:
                     live.compact_soon = False
                     self._compactor().compact_locked()
+            self._merge_go_save()
         except BaseException:
             self.release()
             raise
+
+    def _merge_go_save(self) -> None:
+        """Record what containers/storage saved since the last publication, before our own
+        change (lock held, caught up): one pread of images.lock when it saved nothing."""
+        live = self._live
+        assert live.lock is not None
+        if live.read_last_writer() == live.lock_seen[: pub.LAST_WRITER_SIZE] and not live.publish_pending:
+            return
+        head = live.read_lock_head()
+        live.go_pending = False
+        lock = foreign.go_saved(live, head)
+        if lock is not None:
+            theirs = foreign.read_go_save(live)  # ForeignDamage: this write fails, nothing changes
+            base = foreign.base_images(live, lock)
+            state = live.state
+            state.begin()
+            txn = self.txn = Txn(state)
+            try:
+                foreign.merge_go_save(txn.emit, state, base, theirs, live.layout.images_json, lock)
+                self._commit(txn, foreign.go_writer(live, lock))
+            except BaseException:
+                state.rollback()
+                raise
+            finally:
+                self.txn = None
+            if not live.shared:  # a shared store published in the commit
+                self._compactor().publish_state()
+            return
+        mark = foreign.lock_state(live, head).mark
+        if live.shared and (live.publish_pending or (mark is not None and mark.seq < live.state.seq)):
+            self._compactor().publish_state()  # a commit whose publication did not finish
+        else:
+            live.lock_seen = head
 
     def _wait(self, holder: Holder, seconds: float | None) -> None:
         """Wait for the writers' lock without holding the instance mutex (caller holds it once
@@ -205,7 +242,7 @@ class Transactions:
         del txn.removed[removed:]
         del txn.stale[stale:]
 
-    def _commit(self, txn: Txn) -> None:
+    def _commit(self, txn: Txn, writer: Mapping[str, Any] | None = None) -> None:
         """Append the transaction's record and keep its events; undo both if it did not land.
 
         Whether the record counts depends only on where the journal's bytes are: if anything
@@ -221,7 +258,7 @@ class Transactions:
             state.commit()
             return
         seq = state.seq + 1
-        payload = jn.pack(live.record_body(seq, txn.events))
+        payload = jn.pack(live.record_body(seq, txn.events, writer))
         if len(payload) > jn.MAX_FRAME:
             raise RecordTooLarge(
                 f"this change would make a journal record of {len(payload)} bytes "
@@ -264,6 +301,8 @@ class Transactions:
         live.state.commit()
         live.segment_events += len(txn.events)
         try:
+            if live.shared:  # before the call returns, containers/storage sees the change
+                self._compactor().publish_state()
             if planned is not None:
                 live.files.finish(seq, planned)
             self._after_commit(txn)
@@ -275,6 +314,8 @@ class Transactions:
                 stacklevel=5,
             )
             live.repaired = False  # the next writer cleans staging again
+            if live.shared:
+                live.publish_pending = True  # and publishes, if this did not
 
     def _after_commit(self, txn: Txn) -> None:
         """Remove what the committed record made garbage, then compact if it is time."""

@@ -194,7 +194,8 @@ def test_waiting_for_the_lock_keeps_the_last_writer_bytes(tmp_path: Path, monkey
         store.create(names=["a"])
         lock_file = root / "images.lock"
         last_writer = bytes(range(64))
-        lock_file.write_bytes(last_writer)  # as Go's RecordWrite leaves them
+        with open(lock_file, "r+b") as f:  # as Go's Touch() writes them: in place, no truncation
+            f.write(last_writer)
         fd = _hold_flock(lock_file)
         writer = threading.Thread(target=store.create, kwargs={"names": ["b"]}, daemon=True)
         writer.start()

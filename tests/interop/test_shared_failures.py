@@ -1,10 +1,9 @@
 """Issue 12: a store directory shared live with the real containers/storage (1.43).
 
-Each test states the CORRECT behaviour. Those that fail today are strict xfails, to be flipped when
-the library work lands (Go's fcntl lock on images.lock, its 64 last-writer bytes read after taking
-it, images.json + big data + new last-writer bytes published after each acknowledged write, no
-auto-merge of a damaged images.json). A variant that already behaves is a plain test, so that it
-stays a regression guard: see the notes at each parametrization.
+Each test states the correct behaviour, measured as failing before issue 12's library work (Go's
+fcntl lock on images.lock, its 64 last-writer bytes read after taking it, images.json + big data +
+new last-writer bytes published after each acknowledged write, no auto-merge of a damaged
+images.json) and kept as a regression test.
 
 An ordinary Go write in a shared directory is expected to raise no StoreWarning (the project's
 pytest configuration turns an unexpected one into an error): sharing is the normal case there.
@@ -25,7 +24,6 @@ from journalstore.errors import JournalCorrupt, StoreError
 
 from .harness import GoStore, journalstore_cli, journalstore_import, running
 
-NOT_BUILT = pytest.mark.xfail(strict=True, reason="issue 12: not built yet")
 STRESS = bool(os.environ.get("JOURNALSTORE_STRESS"))
 RACE_WRITES = 200 if STRESS else 20  # per side; JOURNALSTORE_STRESS=1 (make stress) for the full count
 
@@ -50,7 +48,7 @@ def names_of(path: Path, ref: str) -> tuple[str, ...]:
 # (1) A store kept open sees Go's write and keeps it through its own writes and compactions.
 
 
-@NOT_BUILT
+
 def test_open_store_sees_go_add_names_and_keeps_them(shared: tuple[GoStore, str, str]) -> None:
     go, a, b = shared
     with ImageStore(go.images_dir) as store:
@@ -66,7 +64,7 @@ def test_open_store_sees_go_add_names_and_keeps_them(shared: tuple[GoStore, str,
     assert "go/2" in names_of(go.images_dir, a)
 
 
-@NOT_BUILT
+
 def test_go_delete_stays_deleted_after_journalstore_writes(shared: tuple[GoStore, str, str]) -> None:
     go, a, b = shared
     with ImageStore(go.images_dir) as store:
@@ -103,7 +101,7 @@ def _journalstore_writes(path: Path, ref: str, prefix: str, count: int) -> None:
                 store.compact()
 
 
-@NOT_BUILT
+
 def test_racing_writers_lose_nothing(shared: tuple[GoStore, str, str]) -> None:
     """jsgo's N AddNames writes on A (one process, each write its own lock hold and save) race
     journalstore's N add_names on B (this process, meanwhile)."""
@@ -132,7 +130,7 @@ def test_racing_writers_lose_nothing(shared: tuple[GoStore, str, str]) -> None:
 # (3) Go sees journalstore's acknowledged writes on its next look.
 
 
-@NOT_BUILT
+
 def test_go_sees_add_names_while_the_store_is_open(shared: tuple[GoStore, str, str]) -> None:
     go, _, b = shared
     with ImageStore(go.images_dir) as store:
@@ -141,7 +139,7 @@ def test_go_sees_add_names_while_the_store_is_open(shared: tuple[GoStore, str, s
         assert go.dump()[b]["names"] == list(store.get(b).names)
 
 
-@NOT_BUILT
+
 def test_go_sees_create_and_set_big_data(shared: tuple[GoStore, str, str]) -> None:
     go, _, _ = shared
     config = b'{"os":"linux","from":"journalstore"}'
@@ -156,14 +154,14 @@ def test_go_sees_create_and_set_big_data(shared: tuple[GoStore, str, str]) -> No
         assert go.dump()[image.id]["big_data"] == {"sha256:Config/New": config}
 
 
-@NOT_BUILT
+
 def test_go_sees_a_journalstore_cli_write(shared: tuple[GoStore, str, str]) -> None:
     go, _, b = shared
     journalstore_cli(go.images_dir, "add-names", "-n", "js/from-cli", b)
     assert "js/from-cli" in go.get_names(b)
 
 
-@NOT_BUILT
+
 def test_long_lived_go_client_sees_each_write_within_3s(shared: tuple[GoStore, str, str]) -> None:
     go, _, b = shared
     with go.watcher() as watcher, ImageStore(go.images_dir) as store:
@@ -196,16 +194,16 @@ def _damage(path: Path, how: str) -> None:
     tmp.replace(images_json)
 
 
-# Today a half file and a list of non-images already fail to decode (SnapshotCorrupt, a
-# StoreError naming images.json) before any merge, so those two pass; the three that decode as
-# a valid empty store are merged as "Go deleted everything" and record deletes.
+# Before issue 12, a half file and a list of non-images already failed to decode (SnapshotCorrupt)
+# before any merge; the three that decode as a valid empty store were merged as "Go deleted
+# everything" and recorded deletes.
 @pytest.mark.parametrize(
     "how",
     [
-        pytest.param("emptied", marks=NOT_BUILT),
+        "emptied",
         "cut-in-half",
-        pytest.param("null", marks=NOT_BUILT),
-        pytest.param("empty-list", marks=NOT_BUILT),
+        "null",
+        "empty-list",
         "bogus-list",
     ],
 )
@@ -244,7 +242,7 @@ def test_damaged_images_json_is_never_merged(shared: tuple[GoStore, str, str], h
 
 # The original already refuses (images.json is a hard link of the newest snapshot, so its loss is
 # seen); a copytree breaks the link, and the copy opens silently one segment back.
-@pytest.mark.parametrize("which", ["original", pytest.param("copytree-copy", marks=NOT_BUILT)])
+@pytest.mark.parametrize("which", ["original", "copytree-copy"])
 @pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "read-write"])
 def test_lost_newest_segment_is_refused(tmp_path: Path, which: str, read_only: bool) -> None:
     original = tmp_path / "store"

@@ -58,7 +58,7 @@ FAILPOINT_TIMEOUT = 8.0  # a failpoint that has not fired by then: the parent ki
 
 # How many hits of each failpoint to skip at most: frequent steps get a larger range so the
 # kill lands anywhere in the stream, rare ones (compaction) fire at one of their first hits.
-MAX_SKIP = {"append": 40, "commit": 40, "bigdata": 12, "delete": 3, "snapshot": 2, "compact": 2}
+MAX_SKIP = {"append": 40, "commit": 40, "bigdata": 12, "delete": 3, "snapshot": 2, "compact": 2, "publish": 2}
 
 
 def _max_skip(name: str) -> int:
