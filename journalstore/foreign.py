@@ -102,7 +102,7 @@ def merge_events(live: Live) -> list[Mapping[str, Any]]:
         base = snap.images_from_docs(snap.decode(base_data, archive), archive, False)
     if go_document(data, images_json) is None:
         live.foreign_data = data  # still there for the deliberate merge
-        raise damage(live, "is not a list of images containers/storage would write")
+        raise damage(live, "is not a list of images containers/storage would write", acceptable=False)
     resolved = State()
     resolved.load(snap.images_from_docs(snap.decode(data, images_json), images_json, False))
     ours = {image.id: image for image in live.state}
@@ -211,12 +211,13 @@ def go_saved(live: Live, head: bytes) -> pub.LockBytes | None:
     return lock
 
 
-def damage(live: Live, why: str) -> StoreError:
+def damage(live: Live, why: str, *, acceptable: bool = True) -> StoreError:
     """The error (or, read-only, the warning) for an images.json we will not merge."""
-    return ForeignDamage(
-        f"{live.layout.images_json} {why}; it is not merged, and nothing was deleted. If the file was "
-        f"edited by hand on purpose, `{accept_hint(live)}` merges it as a change."
-    )
+    if acceptable:
+        advice = f"If the file was edited by hand on purpose, `{accept_hint(live)}` merges it as a change."
+    else:
+        advice = "Restore it from journal/ (the newest snapshot-N.json) or let the next save replace it."
+    return ForeignDamage(f"{live.layout.images_json} {why}; it is not merged, and nothing was deleted. {advice}")
 
 
 def go_writer(live: Live, lock: pub.LockBytes) -> dict[str, Any]:
@@ -236,8 +237,8 @@ def read_go_save(live: Live, *, deliberate: bool = False) -> list[Image]:
     theirs = go_document(data, live.layout.images_json)
     if theirs is None:
         if data is None:
-            raise damage(live, "is missing although images.lock says containers/storage saved")
-        raise damage(live, "is not a list of images containers/storage would write")
+            raise damage(live, "is missing although images.lock says containers/storage saved", acceptable=False)
+        raise damage(live, "is not a list of images containers/storage would write", acceptable=False)
     return theirs
 
 
@@ -272,6 +273,7 @@ def merge_go_save(
     theirs: list[Image],
     source: str,
     lock: pub.LockBytes,
+    writer: str = GO_ACTOR,
 ) -> None:
     """Emit the events that bring `state` up to Go's save: what Go changed from `base` to
     `theirs`, as fine-grained events (create, names, metadata, flags, big data, mapped layers,
@@ -288,7 +290,7 @@ def merge_go_save(
         {
             "op": ev.EXTERNAL_REWRITE,
             "source": source,
-            "writer": GO_ACTOR,
+            "writer": writer,
             "lock": lock.last_writer.hex(),
             "added": added,
             "changed": changed,

@@ -59,6 +59,7 @@ class Live:
         self.lock_seen = b""  # the start of images.lock when this instance last looked at it
         self.overlay = False  # the state holds a Go save merged in memory only (a reader's)
         self.go_pending = False  # a Go save seen at open, to merge under the lock
+        self.accepting = False  # merge images.json as a deliberate edit, however it changed
         self.import_mark: Mark | None = None  # an import's record of images.lock, until our first mark
         self._head_fd = -1  # images.lock opened for reading, when there is no writers' lock
 

@@ -85,12 +85,15 @@ class ImageStore(StateReads):
         keep_segments: int | None = None,
         keep_age: float | None = None,
         shared: bool | None = None,
+        accept_images_json: bool = False,
         disk: Disk | None = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"store path must be a string or path, not {type(path).__name__}")
         if not os.fspath(path):
             raise ValueError("store path is empty")  # abspath would make it the working directory
+        if accept_images_json and read_only:
+            raise ValueError("accept_images_json merges images.json into the journal: it needs a read-write store")
         if shared is not None and not isinstance(shared, bool):
             raise TypeError(f"shared must be True, False or None, not {type(shared).__name__}")
         if fsync not in ("always", "never"):
@@ -127,11 +130,13 @@ class ImageStore(StateReads):
             keep_age=keep_age,
         )
         self._tx.compactor = self._compactor
+        live.accepting = accept_images_json
         try:
             opening.open_store(live, lock_timeout)
             if (live.foreign_data is not None or live.go_pending) and not live.read_only:
                 with self._tx.locked():
                     pass  # the repair step merges the foreign images.json
+            live.accepting = False
         except BaseException:
             self.close()  # the journal and lock descriptors opened so far
             raise

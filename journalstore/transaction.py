@@ -164,8 +164,11 @@ class Transactions:
         if live.read_last_writer() == live.lock_seen[: pub.LAST_WRITER_SIZE] and not live.publish_pending:
             return
         head = live.read_lock_head()
-        live.go_pending = False
         lock = foreign.go_saved(live, head)
+        writer: Mapping[str, Any] | None = None if lock is None else foreign.go_writer(live, lock)
+        if lock is None and live.accepting and live.go_pending:
+            lock = foreign.lock_state(live, head)  # a hand edit, recorded under our own actor
+        live.go_pending = False
         if lock is not None:
             theirs = foreign.read_go_save(live)  # ForeignDamage: this write fails, nothing changes
             base = foreign.base_images(live, lock)
@@ -173,8 +176,9 @@ class Transactions:
             state.begin()
             txn = self.txn = Txn(state)
             try:
-                foreign.merge_go_save(txn.emit, state, base, theirs, live.layout.images_json, lock)
-                self._commit(txn, foreign.go_writer(live, lock))
+                by = foreign.GO_ACTOR if writer is not None else f"hand edit accepted by {live.actor or 'journalstore'}"
+                foreign.merge_go_save(txn.emit, state, base, theirs, live.layout.images_json, lock, by)
+                self._commit(txn, writer)
             except BaseException:
                 state.rollback()
                 raise

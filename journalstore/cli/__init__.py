@@ -63,6 +63,13 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
     group.add_argument("--actor", metavar="NAME", default=default(""), help="who makes the changes (in the journal)")
     group.add_argument(
+        "--shared",
+        choices=("auto", "on", "off"),
+        default=default("auto"),
+        help="publish every change for containers/storage (images.json, images.lock): on, off, or auto "
+        "(on when the store is the images directory of a containers/storage root)",
+    )
+    group.add_argument(
         "-j", "--json", action="store_true", default=default(False), help="machine-readable output: one JSON document"
     )
     group.add_argument(
