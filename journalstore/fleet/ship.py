@@ -1,0 +1,346 @@
+"""Shipping a store's journal to a JetStream stream, exactly once, without local state.
+
+Records go out in atomic batches (JetStream's `Nats-Batch-*` headers): a batch is stored whole
+or not at all, and its first message carries `Nats-Expected-Last-Subject-Sequence`, the stream
+sequence of the subject's last message when the batch was built. So a batch applies only on top
+of exactly the history this shipper saw: a lost ack, a restarted server or a second shipper of
+the same store can make a batch fail, never make it land twice or out of order. After any
+failure the shipper asks the stream for the subject's last message and goes on after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import journal as jn
+from .. import replay
+from ..audit import Journal
+from ..errors import StoreError
+from ..fsio import DEFAULT_DISK, Disk
+from . import messages as m
+from .connect import FleetError, connect, ensure_stream, last_on_subject
+from .storeid import store_id as get_store_id
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+MAX_BATCH = 1000  # JetStream's default limit of messages in one atomic batch
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+ACK_TIMEOUT = 10.0
+WRONG_LAST_SEQUENCE = 10071
+
+
+class ShipGap(FleetError):
+    """Records were pruned from the local journal before they were shipped (a gap marker was
+    published in their place). Raised after everything else was shipped; `.report` says what."""
+
+    def __init__(self, message: str, report: ShipReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ShipReport:
+    """What one run of the shipper did."""
+
+    store: str
+    host: str
+    subject: str
+    stream: str
+    resumed_after: int = 0  # the last record the stream held when the shipper started
+    shipped: int = 0  # commit records this run published
+    last_seq: int = 0  # the last record the stream holds now
+    batches: int = 0
+    retries: int = 0
+    snapshots: list[int] = field(default_factory=list)  # records snapshots were published at
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # (first, last) records never shipped
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "host": self.host,
+            "subject": self.subject,
+            "stream": self.stream,
+            "resumed_after": self.resumed_after,
+            "shipped": self.shipped,
+            "last_seq": self.last_seq,
+            "batches": self.batches,
+            "retries": self.retries,
+            "snapshots": self.snapshots,
+            "gaps": [{"first": a, "last": b} for a, b in self.gaps],
+        }
+
+
+def gap_text(store: str, first: int, last: int) -> str:
+    what = f"record {first}" if first == last else f"records {first}..{last}"
+    return (
+        f"{what} of store {store} were pruned from its journal before they were shipped; "
+        f"a gap marker records them in the stream and shipping goes on from a snapshot at record {last}"
+    )
+
+
+class _Retry(Exception):
+    """A batch did not land: ask the stream where it stands and start over from there."""
+
+
+class Shipper:
+    """Ships one store's journal; `run()` (async) or `journalstore.fleet.ship()` (blocking)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        url: str,
+        *,
+        stream: str = m.DEFAULT_STREAM,
+        host: str | None = None,
+        replicas: int = 1,
+        batch: int = MAX_BATCH,
+        retry_for: float = 60.0,
+        connect_timeout: float = 5.0,
+        poll_interval: float = 0.002,
+        on_gap: Callable[[int, int], None] | None = None,
+        disk: Disk = DEFAULT_DISK,
+    ) -> None:
+        if not isinstance(replicas, int) or not 1 <= replicas <= 5:
+            raise ValueError(f"replicas must be 1 to 5, not {replicas!r}")
+        if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch must be 1 to {MAX_BATCH}, not {batch!r}")
+        if not stream or any(c in stream for c in " .*>\t\r\n"):
+            raise ValueError(f"bad stream name {stream!r}")
+        self.root = os.path.abspath(os.fspath(root))
+        self.url = url
+        self.stream = stream
+        self.host = host or socket.gethostname()
+        self.replicas = replicas
+        self.batch = batch
+        self.retry_for = retry_for
+        self.connect_timeout = connect_timeout
+        self.poll_interval = poll_interval
+        self.on_gap = on_gap
+        self.disk = disk
+        self.journal = Journal(disk, self.root)
+        if not self.journal.segments():
+            raise StoreError(f"{self.root} has no journal: not a journalstore store")
+        self.store = get_store_id(self.root, disk)
+        self.subject = m.subject(self.host, self.store)
+        self.report = ShipReport(self.store, self.host, self.subject, stream)
+        self._client: Client | None = None
+        self._acked = 0  # the last record the subject holds
+        self._stream_seq = 0  # the stream sequence of the subject's last message
+        self._cursor: jn.Cursor | None = None
+        self._after = 0  # the last record read from the cursor into a batch
+        self._pending: list[tuple[bytes, dict[str, str], int]] = []  # (payload, headers, commit seq or 0)
+        self._pending_bytes = 0
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, follow: bool = False, stop: threading.Event | None = None) -> ShipReport:
+        """Ship what the journal holds; with `follow`, keep shipping until `stop` is set."""
+        self._client = await connect(self.url, timeout=self.connect_timeout, reconnect_for=self.retry_for)
+        try:
+            await ensure_stream(self._client, self.stream, self.replicas)
+            await self._resync(first=True)
+            self.report.resumed_after = self._acked
+            while True:
+                await self._ship_available()
+                if not follow:
+                    break
+                while not self._changed():
+                    if stop is not None and stop.is_set():
+                        return self.report
+                    await asyncio.sleep(self.poll_interval)
+                if stop is not None and stop.is_set():
+                    await self._ship_available()
+                    break
+        finally:
+            if self._cursor is not None:
+                self._cursor.close()
+                self._cursor = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.close(), 5.0)
+        return self.report
+
+    def _changed(self) -> bool:
+        """Did the journal move? One fstat (as readers do) when nothing changed."""
+        return self._cursor is None or self._cursor.changed()
+
+    async def _ship_available(self) -> None:
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                if self._cursor is None:
+                    self._reopen()
+                await self._ship_once()
+                return
+            except _Retry as exc:
+                self.report.retries += 1
+                if time.monotonic() > deadline:
+                    raise FleetError(f"shipping {self.subject} keeps failing: {exc}") from None
+                self._drop_cursor()
+                await asyncio.sleep(0.05)
+                await self._resync(first=False)
+
+    async def _ship_once(self) -> None:
+        for seq, payload in self._records():
+            headers = m.commit_headers(self.store, self.host, seq)
+            await self._add(payload, headers, seq)
+        await self._flush()
+
+    # ------------------------------------------------------------------ where to start
+
+    async def _resync(self, *, first: bool) -> None:
+        """Ask the stream for the subject's last message: ship after the record it reaches."""
+        assert self._client is not None
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                last = await last_on_subject(self._client, self.stream, self.subject)
+                break
+            except FleetError:
+                raise
+            except Exception as exc:  # timeouts and lost connections while a server restarts
+                if first or time.monotonic() > deadline:
+                    raise FleetError(
+                        f"cannot read the last message of {self.subject} from stream {self.stream}: "
+                        f"{exc.__class__.__name__}"
+                    ) from None
+                await asyncio.sleep(0.25)
+        if last is None:
+            self._acked, self._stream_seq = 0, 0
+        else:
+            stream_seq, headers, _payload = last
+            seq = headers.get(m.SEQ, "")
+            if headers.get(m.STORE) != self.store or not seq.isdigit():
+                raise FleetError(
+                    f"the last message of {self.subject} (stream sequence {stream_seq}) is not one this "
+                    "store shipped: cannot tell where to resume"
+                )
+            self._acked, self._stream_seq = int(seq), stream_seq
+        self.report.last_seq = self._acked
+
+    def _reopen(self) -> None:
+        """A cursor positioned after the last shipped record, and the snapshot/gap messages that
+        must go first when the journal no longer holds the records right after it."""
+        for _attempt in range(5):
+            try:
+                self._open_after(self._acked)
+                return
+            except FileNotFoundError:  # a segment was pruned as we opened it: look again
+                self._drop_cursor()
+        raise FleetError(f"the journal of {self.root} keeps changing under the shipper")
+
+    def _open_after(self, acked: int) -> None:
+        journal = self.journal
+        segs = journal.segments()
+        if not segs:
+            raise StoreError(f"{self.root} has no journal")
+        first = journal.first_seq()
+        oldest = replay.header(self.disk, journal.dir, segs[0])
+        self._pending, self._pending_bytes = [], 0
+        if acked < first or (acked == 0 and oldest.get("snapshot")):
+            state = replay.base_state(self.disk, journal.dir, segs[0], True)
+            if state is None:
+                raise StoreError(f"{self.root}: the snapshot segment {segs[0]} starts from is missing or damaged")
+            when = int(oldest.get("created", time.time_ns()))
+            if acked < first:
+                self.report.gaps.append((acked + 1, first))
+                payload, headers = m.gap_message(self.store, self.host, acked + 1, first, time.time_ns())
+                self._pending.append((payload, headers, 0))
+                if self.on_gap is not None:
+                    self.on_gap(acked + 1, first)
+            payload, headers = m.snapshot_message(self.store, self.host, state, when)
+            self._pending.append((payload, headers, 0))
+            self._pending_bytes = sum(len(p) for p, _h, _s in self._pending)
+            self.report.snapshots.append(state.seq)
+            self._cursor = jn.Cursor(self.disk, journal.dir, segs[0], writable=False)
+            self._after = state.seq
+        else:
+            self._cursor = jn.Cursor(self.disk, journal.dir, journal.start_segment(acked + 1), writable=False)
+            self._after = acked
+
+    def _drop_cursor(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+        self._pending, self._pending_bytes = [], 0
+
+    def _records(self) -> Iterator[tuple[int, bytes]]:
+        """(seq, payload bytes exactly as framed) of each new commit record, in order."""
+        cursor = self._cursor
+        assert cursor is not None
+        for rec in cursor.poll():
+            seq = rec.seq
+            if seq <= self._after:
+                continue  # before the resume point (or a copy a compaction made)
+            if seq != self._after + 1:
+                raise StoreError(f"the journal of {self.root} jumps from record {self._after} to {seq}")
+            frame = self.disk.pread(cursor.fd, rec.end - rec.offset, rec.offset)
+            if rec.segment != cursor.segment or jn.valid_frame_at(frame, 0) != len(frame):
+                raise StoreError(f"record {seq} changed on disk while it was being shipped")
+            self._after = seq
+            yield seq, frame[jn.FRAME_OVERHEAD :]
+
+    # ------------------------------------------------------------------ publishing
+
+    async def _add(self, payload: bytes, headers: dict[str, str], seq: int) -> None:
+        limit = self._client.max_payload if self._client is not None else 1 << 20
+        if len(payload) + 512 > limit:
+            raise FleetError(
+                f"record {seq} of {self.root} is {len(payload)} bytes: more than the server's max_payload "
+                f"({limit}); raise max_payload in the server's configuration"
+            )
+        if len(self._pending) >= self.batch or self._pending_bytes + len(payload) > MAX_BATCH_BYTES:
+            await self._flush()
+        self._pending.append((payload, headers, seq))
+        self._pending_bytes += len(payload)
+
+    async def _flush(self) -> None:
+        """Publish the pending messages as one atomic batch and wait for its one ack."""
+        batch = self._pending
+        if not batch:
+            return
+        client = self._client
+        assert client is not None
+        batch_id = uuid.uuid4().hex
+        last = len(batch)
+        try:
+            for index, (payload, headers, _seq) in enumerate(batch, 1):
+                hdr = dict(headers)
+                hdr[m.BATCH_ID] = batch_id
+                hdr[m.BATCH_SEQ] = str(index)
+                if index == 1:
+                    hdr[m.EXPECTED_LAST_SUBJECT_SEQ] = str(self._stream_seq)
+                if index == last:
+                    hdr[m.BATCH_COMMIT] = "1"
+                    reply = await client.request(self.subject, payload, timeout=ACK_TIMEOUT, headers=hdr)
+                else:
+                    await client.publish(self.subject, payload, headers=hdr)
+        except Exception as exc:  # timeouts, lost connection, no responders
+            raise _Retry(f"{exc.__class__.__name__} {exc}".strip()) from None
+        try:
+            answer = json.loads(reply.data)
+        except ValueError:
+            raise _Retry("the batch's acknowledgement is not JSON") from None
+        error = answer.get("error")
+        if error:
+            raise _Retry(f"the stream refused the batch: {error.get('description')} ({error.get('err_code')})")
+        self._stream_seq = int(answer["seq"])
+        commits = [seq for _p, _h, seq in batch if seq]
+        if commits:
+            self._acked = commits[-1]
+        else:
+            self._acked = max(int(h[m.SEQ]) for _p, h, _s in batch)
+        self.report.shipped += len(commits)
+        self.report.batches += 1
+        self.report.last_seq = self._acked
+        self._pending, self._pending_bytes = [], 0
