@@ -38,6 +38,7 @@ MAX_BATCH = 1000  # JetStream's default limit of messages in one atomic batch
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 ACK_TIMEOUT = 10.0
 WRONG_LAST_SEQUENCE = 10071
+DUPLICATE_IN_BATCH = 10201
 
 
 class ShipGap(FleetError):
@@ -91,6 +92,10 @@ def gap_text(store: str, first: int, last: int) -> str:
 
 class _Retry(Exception):
     """A batch did not land: ask the stream where it stands and start over from there."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Shipper:
@@ -176,6 +181,7 @@ class Shipper:
 
     async def _ship_available(self) -> None:
         deadline = time.monotonic() + self.retry_for
+        duplicates = 0
         while True:
             try:
                 if self._cursor is None:
@@ -184,6 +190,13 @@ class Shipper:
                 return
             except _Retry as exc:
                 self.report.retries += 1
+                duplicates = duplicates + 1 if exc.code == DUPLICATE_IN_BATCH else 0
+                if duplicates >= 2:  # the records are in the stream, but not on our subject
+                    raise FleetError(
+                        f"stream {self.stream} already holds records of store {self.store} after record "
+                        f"{self._acked}, under another subject than {self.subject}: was it shipped under "
+                        "another host name? (ship with the same --host)"
+                    ) from None
                 if time.monotonic() > deadline:
                     raise FleetError(f"shipping {self.subject} keeps failing: {exc}") from None
                 self._drop_cursor()
@@ -333,7 +346,8 @@ class Shipper:
             raise _Retry("the batch's acknowledgement is not JSON") from None
         error = answer.get("error")
         if error:
-            raise _Retry(f"the stream refused the batch: {error.get('description')} ({error.get('err_code')})")
+            code = int(error.get("err_code", 0))
+            raise _Retry(f"the stream refused the batch: {error.get('description')} ({code})", code)
         self._stream_seq = int(answer["seq"])
         commits = [seq for _p, _h, seq in batch if seq]
         if commits:
