@@ -157,9 +157,16 @@ async def stream_info(client: Client, stream: str) -> dict[str, Any]:
 
 async def last_on_subject(client: Client, stream: str, subject: str) -> tuple[int, dict[str, str], bytes] | None:
     """(stream seq, headers, payload) of the last message on `subject`, or None if there is none."""
+    return await get_message(client, stream, {"last_by_subj": subject}, subject)
+
+
+async def get_message(
+    client: Client, stream: str, request: dict[str, Any], subject: str
+) -> tuple[int, dict[str, str], bytes] | None:
+    """(stream seq, headers, payload) of the message a STREAM.MSG.GET request names, or None."""
     import base64
 
-    answer = await api(client, f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+    answer = await api(client, f"STREAM.MSG.GET.{stream}", request)
     err = api_error(answer)
     if err is not None:
         if err[0] == 10037:  # no message found

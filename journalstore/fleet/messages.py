@@ -169,6 +169,16 @@ def parse(
     return Shipped(kind, hdr.get(HOST, tokens[1]), store_id, seq, body, stream_seq, time_ns)
 
 
+def message_id(msg: Shipped) -> str:
+    """The Nats-Msg-Id a message of ours carries: `<store>:<seq>`, `<store>:snapshot:<seq>`,
+    `<store>:gap:<first>-<last>`."""
+    if msg.kind == COMMIT:
+        return f"{msg.store}:{msg.seq}"
+    if msg.kind == SNAPSHOT:
+        return f"{msg.store}:snapshot:{msg.seq}"
+    return f"{msg.store}:gap:{msg.body.get('first')}-{msg.body.get('last')}"
+
+
 def snapshot_state(body: Mapping[str, Any], source: str) -> State:
     """The read-only state a snapshot message holds."""
     state = State(True)

@@ -28,7 +28,7 @@ from ..audit import Journal
 from ..errors import StoreError
 from ..fsio import DEFAULT_DISK, Disk
 from . import messages as m
-from .connect import FleetError, connect, ensure_stream, last_on_subject
+from .connect import FleetError, connect, ensure_stream, get_message, last_on_subject
 from .storeid import store_id as get_store_id
 
 if TYPE_CHECKING:
@@ -231,15 +231,46 @@ class Shipper:
         if last is None:
             self._acked, self._stream_seq = 0, 0
         else:
-            stream_seq, headers, _payload = last
-            seq = headers.get(m.SEQ, "")
-            if headers.get(m.STORE) != self.store or not seq.isdigit():
-                raise FleetError(
-                    f"the last message of {self.subject} (stream sequence {stream_seq}) is not one this "
-                    "store shipped: cannot tell where to resume"
-                )
-            self._acked, self._stream_seq = int(seq), stream_seq
+            stream_seq, headers, payload = last
+            seq = self._ours(headers, payload)
+            if seq is None:  # someone else published on our subject: find our last message before it
+                seq = await self._last_ours_before(stream_seq)
+            self._acked, self._stream_seq = seq, stream_seq
         self.report.last_seq = self._acked
+
+    def _ours(self, headers: dict[str, str], payload: bytes) -> int | None:
+        """The record a message of ours reaches (its Journalstore-Seq), None for a foreign one:
+        headers, message ID and payload must all agree (m.parse), as the fleet view checks them."""
+        try:
+            msg = m.parse(self.subject, headers, payload, 0, 0)
+        except m.Malformed:
+            return None
+        if msg.store != self.store or m.KIND not in headers or headers.get(m.MSG_ID) != m.message_id(msg):
+            return None
+        return msg.seq
+
+    async def _last_ours_before(self, foreign: int) -> int:
+        """The record our last message before stream sequence `foreign` reaches (0 if none): read
+        the subject forward over a window before it, widened until one of ours is in it."""
+        assert self._client is not None
+        window = 64
+        while True:
+            start = max(1, foreign - window)
+            found: int | None = None
+            position = start
+            while True:
+                got = await get_message(
+                    self._client, self.stream, {"seq": position, "next_by_subj": self.subject}, self.subject
+                )
+                if got is None or got[0] >= foreign:
+                    break
+                seq = self._ours(got[1], got[2])
+                if seq is not None:
+                    found = seq
+                position = got[0] + 1
+            if found is not None or start == 1:
+                return found or 0
+            window *= 4
 
     def _reopen(self) -> None:
         """A cursor positioned after the last shipped record, and the snapshot/gap messages that
