@@ -62,18 +62,22 @@ def make_store(root: Path, records: int, *, prefix: str = "app", **options: obje
 def add_records(store: ImageStore, count: int, *, prefix: str = "app") -> None:
     for _ in range(count):
         i = store.seq
-        if i % 4 == 3 and len(store) > 1:
-            store.add_names(store.images()[(i * 7) % len(store)].id, [f"{prefix}-moving:{i % 5}"])
+        if i % 4 == 3:
+            j = (i * 7) % i
+            j -= j % 4 == 3  # a record that created an image (its name stays)
+            store.add_names(f"{prefix}-{j}:v1", [f"{prefix}-moving:{i % 5}"])
         else:
             store.create(names=[f"{prefix}-{i}:v1"], layer=f"L{i}", digest=f"sha256:{i:064x}")
 
 
-def journal_payloads(root: str | os.PathLike[str]) -> dict[int, bytes]:
-    """seq -> the payload bytes of each commit record, as framed on disk."""
+def journal_payloads(root: str | os.PathLike[str], since: int | None = None) -> dict[int, bytes]:
+    """seq -> the payload bytes of each commit record (from record `since` on), as framed on disk."""
     journal = Journal(DEFAULT_DISK, os.fspath(root))
     out: dict[int, bytes] = {}
     files: dict[int, bytes] = {}
-    for rec in journal.records():
+    for rec in journal.records(since):
+        if since is not None and rec.seq < since:
+            continue
         if rec.segment not in files:
             files[rec.segment] = Path(journal.dir, segment_name(rec.segment)).read_bytes()
         out[rec.seq] = files[rec.segment][rec.offset + FRAME_OVERHEAD : rec.end]
@@ -136,7 +140,7 @@ class ExactlyOnce:
     def check(self) -> int:
         if read_store_id(os.fspath(self.root)) is None:
             return self.last_seq  # the shipper has not started yet
-        payloads = journal_payloads(self.root)
+        payloads = journal_payloads(self.root, self.last_seq + 1)
         subject = store_subject(self.root, self.host)
         for stream_seq, headers, data in subject_messages(self.url, subject, self.stream_seq):
             assert headers.get(m.KIND) == m.COMMIT, headers
@@ -147,3 +151,19 @@ class ExactlyOnce:
             self.last_seq = seq
             self.stream_seq = stream_seq
         return self.last_seq
+
+
+def last_shipped(url: str, root: str | os.PathLike[str], host: str) -> int:
+    """The record the subject's last message reaches (a cheap probe: one request)."""
+    if read_store_id(os.fspath(root)) is None:
+        return 0
+
+    async def run() -> int:
+        client = await connect(url, timeout=5.0, reconnect_for=1.0)
+        try:
+            last = await last_on_subject(client, STREAM, store_subject(root, host))
+        finally:
+            await client.close()
+        return 0 if last is None else int(last[1].get(m.SEQ, 0))
+
+    return asyncio.run(run())
