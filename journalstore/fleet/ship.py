@@ -33,10 +33,13 @@ from .storeid import store_id as get_store_id
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.subscription import Subscription
 
 MAX_BATCH = 1000  # JetStream's default limit of messages in one atomic batch
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 ACK_TIMEOUT = 10.0
+PREPARE_SLICE = 64  # messages encoded between two turns of the event loop while an ack is outstanding
+MAX_POLL_INTERVAL = 0.05  # the longest sleep between two looks at an idle journal
 WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_IN_BATCH = 10201
 
@@ -98,6 +101,32 @@ class _Retry(Exception):
         self.code = code
 
 
+@dataclass
+class _Batch:
+    """An atomic batch, encoded but for its first message's Nats-Expected-Last-Subject-Sequence
+    (known only once the batch before it is acknowledged)."""
+
+    batch_id: str
+    reply: str
+    first: tuple[bytes, dict[str, str]]  # payload and headers of message 1
+    rest: list[bytes]  # HPUB bytes of messages 2..n
+    count: int
+    reaches: int  # the record the batch's last message reaches
+    commits: int  # how many commit records it carries
+
+
+class _Message:
+    """A message waiting to be put in a batch: a commit record (`headers` None: its headers are
+    encoded by messages.CommitWire) or a snapshot, snapshot-chunk or gap message."""
+
+    __slots__ = ("headers", "payload", "seq")
+
+    def __init__(self, payload: bytes, headers: dict[str, str] | None, seq: int) -> None:
+        self.payload = payload
+        self.headers = headers
+        self.seq = seq  # the record it is or reaches
+
+
 class Shipper:
     """Ships one store's journal; `run()` (async) or `journalstore.fleet.ship()` (blocking)."""
 
@@ -113,7 +142,9 @@ class Shipper:
         retry_for: float = 60.0,
         connect_timeout: float = 5.0,
         poll_interval: float = 0.002,
+        max_poll_interval: float = MAX_POLL_INTERVAL,
         on_gap: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[ShipReport], None] | None = None,
         disk: Disk = DEFAULT_DISK,
     ) -> None:
         if not isinstance(replicas, int) or not 1 <= replicas <= 5:
@@ -131,7 +162,9 @@ class Shipper:
         self.retry_for = retry_for
         self.connect_timeout = connect_timeout
         self.poll_interval = poll_interval
+        self.max_poll_interval = max(poll_interval, max_poll_interval)
         self.on_gap = on_gap
+        self.on_batch = on_batch
         self.disk = disk
         self.journal = Journal(disk, self.root)
         if not self.journal.segments():
@@ -144,8 +177,13 @@ class Shipper:
         self._stream_seq = 0  # the stream sequence of the subject's last message
         self._cursor: jn.Cursor | None = None
         self._after = 0  # the last record read from the cursor into a batch
-        self._pending: list[tuple[bytes, dict[str, str], int]] = []  # (payload, headers, commit seq or 0)
-        self._pending_bytes = 0
+        self._pending: list[_Message] = []  # gap / snapshot messages that must go first
+        self._carry: _Message | None = None  # a record read but left for the next batch
+        self._wire = m.CommitWire(self.subject, self.store, self.host)
+        self._inbox = ""
+        self._acks: Subscription | None = None
+        self._records_iter: Iterator[tuple[int, bytes]] = iter(())
+        self._built: _Batch | None = None
 
     # ------------------------------------------------------------------ running
 
@@ -154,16 +192,22 @@ class Shipper:
         self._client = await connect(self.url, timeout=self.connect_timeout, reconnect_for=self.retry_for)
         try:
             await ensure_stream(self._client, self.stream, self.replicas)
+            if not callable(getattr(self._client, "_send_command", None)):
+                raise FleetError("this nats-py has no Client._send_command: install nats-py 2.16 or later 2.x")
+            self._inbox = self._client.new_inbox()
+            self._acks = await self._client.subscribe(f"{self._inbox}.*")
             await self._resync(first=True)
             self.report.resumed_after = self._acked
             while True:
                 await self._ship_available()
                 if not follow:
                     break
+                pause = self.poll_interval  # back to the shortest sleep after every record found
                 while not self._changed():
                     if stop is not None and stop.is_set():
                         return self.report
-                    await asyncio.sleep(self.poll_interval)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, self.max_poll_interval)
                 if stop is not None and stop.is_set():
                     await self._ship_available()
                     break
@@ -204,10 +248,20 @@ class Shipper:
                 await self._resync(first=False)
 
     async def _ship_once(self) -> None:
-        for seq, payload in self._records():
-            headers = m.commit_headers(self.store, self.host, seq)
-            await self._add(payload, headers, seq)
-        await self._flush()
+        """Ship what the cursor holds, batch after batch. Batch k+1 is read and encoded while
+        batch k's ack is outstanding, but sent only after that ack: if batch k fails, k+1 is
+        dropped unsent (with the cursor: the caller re-reads the stream and reopens it)."""
+        self._records_iter = self._records()
+        batch = self._prepare()
+        while batch is not None:
+            await self._send(batch)
+            try:
+                upcoming = await self._prepare_async()
+            except BaseException:
+                await self._finish(batch)  # a record we cannot ship: report what landed first
+                raise
+            await self._finish(batch)
+            batch = upcoming
 
     # ------------------------------------------------------------------ where to start
 
@@ -290,7 +344,7 @@ class Shipper:
             raise StoreError(f"{self.root} has no journal")
         first = journal.first_seq()
         oldest = replay.header(self.disk, journal.dir, segs[0])
-        self._pending, self._pending_bytes = [], 0
+        self._pending, self._carry = [], None
         if acked < first or (acked == 0 and oldest.get("snapshot")):
             state = replay.base_state(self.disk, journal.dir, segs[0], True)
             if state is None:
@@ -299,12 +353,18 @@ class Shipper:
             if acked < first:
                 self.report.gaps.append((acked + 1, first))
                 payload, headers = m.gap_message(self.store, self.host, acked + 1, first, time.time_ns())
-                self._pending.append((payload, headers, 0))
+                self._pending.append(_Message(payload, headers, first))
                 if self.on_gap is not None:
                     self.on_gap(acked + 1, first)
-            payload, headers = m.snapshot_message(self.store, self.host, state, when)
-            self._pending.append((payload, headers, 0))
-            self._pending_bytes = sum(len(p) for p, _h, _s in self._pending)
+            limit = self._client.max_payload if self._client is not None else 1 << 20
+            for payload, headers in m.snapshot_messages(self.store, self.host, state, when, limit):
+                self._pending.append(_Message(payload, headers, state.seq))
+            if len(self._pending) > MAX_BATCH:
+                raise FleetError(
+                    f"the snapshot of {self.root} at record {state.seq} needs {len(self._pending)} messages of "
+                    f"the server's max_payload ({limit} bytes), more than one atomic batch holds ({MAX_BATCH}): "
+                    "raise max_payload in the server's configuration"
+                )
             self.report.snapshots.append(state.seq)
             self._cursor = jn.Cursor(self.disk, journal.dir, segs[0], writable=False)
             self._after = state.seq
@@ -316,7 +376,7 @@ class Shipper:
         if self._cursor is not None:
             self._cursor.close()
             self._cursor = None
-        self._pending, self._pending_bytes = [], 0
+        self._pending, self._carry = [], None
 
     def _records(self) -> Iterator[tuple[int, bytes]]:
         """(seq, payload bytes exactly as framed) of each new commit record, in order."""
@@ -336,56 +396,142 @@ class Shipper:
 
     # ------------------------------------------------------------------ publishing
 
-    async def _add(self, payload: bytes, headers: dict[str, str], seq: int) -> None:
-        limit = self._client.max_payload if self._client is not None else 1 << 20
-        if len(payload) + 512 > limit:
-            raise FleetError(
-                f"record {seq} of {self.root} is {len(payload)} bytes: more than the server's max_payload "
-                f"({limit}); raise max_payload in the server's configuration"
-            )
-        if len(self._pending) >= self.batch or self._pending_bytes + len(payload) > MAX_BATCH_BYTES:
-            await self._flush()
-        self._pending.append((payload, headers, seq))
-        self._pending_bytes += len(payload)
+    def _prepare(self) -> _Batch | None:
+        """The next batch, or None when the cursor holds nothing more (synchronously)."""
+        for _ in self._builder():
+            pass
+        return self._built
 
-    async def _flush(self) -> None:
-        """Publish the pending messages as one atomic batch and wait for its one ack."""
-        batch = self._pending
-        if not batch:
+    async def _prepare_async(self) -> _Batch | None:
+        """The next batch, giving the event loop a turn every PREPARE_SLICE messages (so the
+        batch in flight is written out and its ack read meanwhile)."""
+        for _ in self._builder():
+            await asyncio.sleep(0)
+        return self._built
+
+    def _builder(self) -> Iterator[None]:
+        """Builds the next batch into self._built, yielding every PREPARE_SLICE messages.
+
+        The snapshot and gap messages that must go first make up the start of a batch whatever
+        their size (a snapshot's chunks never span batches); commit records follow up to
+        `batch` messages and MAX_BATCH_BYTES."""
+        self._built = None
+        batch_id = uuid.uuid4().hex
+        reply = f"{self._inbox}.{batch_id}".encode()
+        shared = self._wire.batch_headers(batch_id)
+        queue: list[_Message] = self._pending
+        self._pending = []
+        if self._carry is not None:
+            queue.append(self._carry)
+            self._carry = None
+        records = self._records_iter
+        limit = self._client.max_payload if self._client is not None else 1 << 20
+        held: _Message | None = None  # the last message so far: encoded once we know whether it ends the batch
+        first: tuple[bytes, dict[str, str]] | None = None
+        rest: list[bytes] = []
+        count = size = commits = last_seq = 0
+        position = 0
+        while True:
+            if position < len(queue):
+                message: _Message | None = queue[position]
+                position += 1
+            elif count >= self.batch:
+                break
+            else:
+                got = next(records, None)
+                if got is None:
+                    break
+                seq, payload = got
+                if len(payload) + 512 > limit:
+                    raise FleetError(
+                        f"record {seq} of {self.root} is {len(payload)} bytes: more than the server's max_payload "
+                        f"({limit}); raise max_payload in the server's configuration"
+                    )
+                message = _Message(payload, None, seq)
+                if count and size + len(payload) > MAX_BATCH_BYTES:
+                    self._carry = message
+                    break
+            assert message is not None
+            if held is not None:
+                self._encode(held, count, batch_id, shared, b"", rest)
+            if count == 0:
+                first = (message.payload, self._headers(message, batch_id, 1))
+            else:
+                held = message
+            count += 1
+            size += len(message.payload)
+            commits += message.headers is None
+            last_seq = message.seq
+            if count % PREPARE_SLICE == 0:
+                yield
+        if count == 0 or first is None:
             return
+        if held is not None:
+            self._encode(held, count, batch_id, shared, reply, rest)
+        else:  # a batch of one: its first message is its last
+            first[1][m.BATCH_COMMIT] = "1"
+        self._built = _Batch(batch_id, reply.decode(), first, rest, count, last_seq, commits)
+
+    def _headers(self, message: _Message, batch_id: str, index: int) -> dict[str, str]:
+        headers = dict(message.headers) if message.headers is not None else m.commit_headers(
+            self.store, self.host, message.seq
+        )
+        headers[m.BATCH_ID] = batch_id
+        headers[m.BATCH_SEQ] = str(index)
+        return headers
+
+    def _encode(
+        self, message: _Message, index: int, batch_id: str, shared: bytes, reply: bytes, out: list[bytes]
+    ) -> None:
+        """Append the HPUB bytes of message `index` (the batch's last when `reply` is given)."""
+        if message.headers is None:
+            out.append(self._wire.message(shared, message.seq, message.payload, index, reply))
+            return
+        headers = self._headers(message, batch_id, index)
+        if reply:
+            headers[m.BATCH_COMMIT] = "1"
+        out.append(m.hpub(self._wire.subject, reply, m.header_block(headers), message.payload))
+
+    async def _send(self, batch: _Batch) -> None:
+        """Write the batch out: its first message now carries the subject's last stream sequence."""
         client = self._client
         assert client is not None
-        batch_id = uuid.uuid4().hex
-        last = len(batch)
+        payload, headers = batch.first
+        headers[m.EXPECTED_LAST_SUBJECT_SEQ] = str(self._stream_seq)
+        reply = batch.reply.encode() if batch.count == 1 else b""
+        data = b"".join([m.hpub(self._wire.subject, reply, m.header_block(headers), payload), *batch.rest])
         try:
-            for index, (payload, headers, _seq) in enumerate(batch, 1):
-                hdr = dict(headers)
-                hdr[m.BATCH_ID] = batch_id
-                hdr[m.BATCH_SEQ] = str(index)
-                if index == 1:
-                    hdr[m.EXPECTED_LAST_SUBJECT_SEQ] = str(self._stream_seq)
-                if index == last:
-                    hdr[m.BATCH_COMMIT] = "1"
-                    reply = await client.request(self.subject, payload, timeout=ACK_TIMEOUT, headers=hdr)
-                else:
-                    await client.publish(self.subject, payload, headers=hdr)
-        except Exception as exc:  # timeouts, lost connection, no responders
+            if client.is_closed or not client.is_connected:
+                raise ConnectionError("not connected")
+            await client._send_command(data)
+            await client._flush_pending()
+        except Exception as exc:  # lost connection
             raise _Retry(f"{exc.__class__.__name__} {exc}".strip()) from None
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Wait for the batch's one ack; on success the subject holds it, else _Retry."""
+        acks = self._acks
+        assert acks is not None
+        deadline = time.monotonic() + ACK_TIMEOUT
+        try:
+            while True:
+                reply = await acks.next_msg(timeout=max(0.001, deadline - time.monotonic()))
+                if reply.subject == batch.reply:
+                    break  # (an ack of an earlier batch that timed out is dropped)
+        except Exception as exc:  # timeouts, lost connection
+            raise _Retry(f"no acknowledgement of the batch: {exc.__class__.__name__} {exc}".strip()) from None
         try:
             answer = json.loads(reply.data)
         except ValueError:
             raise _Retry("the batch's acknowledgement is not JSON") from None
-        error = answer.get("error")
+        error = answer.get("error") if isinstance(answer, dict) else {"description": "not a JSON object"}
         if error:
             code = int(error.get("err_code", 0))
             raise _Retry(f"the stream refused the batch: {error.get('description')} ({code})", code)
         self._stream_seq = int(answer["seq"])
-        commits = [seq for _p, _h, seq in batch if seq]
-        if commits:
-            self._acked = commits[-1]
-        else:
-            self._acked = max(int(h[m.SEQ]) for _p, h, _s in batch)
-        self.report.shipped += len(commits)
+        self._acked = batch.reaches
+        self.report.shipped += batch.commits
         self.report.batches += 1
         self.report.last_seq = self._acked
-        self._pending, self._pending_bytes = [], 0
+        if self.on_batch is not None:
+            self.on_batch(self.report)

@@ -62,6 +62,8 @@ class StoreState:
     gaps: list[tuple[int, int]] = field(default_factory=list)  # records never shipped (gap markers)
     hole: str | None = None  # why the state stopped advancing (a record missing, unmarked)
     updated_ns: int = 0  # time of the last record applied
+    chunks: list[bytes] = field(default_factory=list)  # the snapshot chunks read so far (1..i)
+    chunk_of: tuple[int, int, int, str] | None = None  # (seq, n, size, sha256) of the snapshot they belong to
 
     @property
     def seq(self) -> int:
@@ -228,6 +230,17 @@ class Fleet:
 
     def _apply(self, view: StoreState, msg: m.Shipped) -> bool:
         """Apply one parsed message to its store's state; False if it was skipped."""
+        if msg.kind == m.SNAPSHOT_CHUNK:
+            whole = self._assemble(view, msg)
+            if whole is None:
+                return False
+            msg = whole
+        elif view.chunk_of is not None:
+            self._note(
+                f"store {msg.store} on {msg.host}: message {msg.stream_seq} interrupts the chunks of the snapshot "
+                f"at record {view.chunk_of[0]}; dropped them"
+            )
+            view.chunks, view.chunk_of = [], None
         state = view.state
         if msg.kind == m.GAP:
             first, last = int(msg.body["first"]), int(msg.body["last"])
@@ -281,6 +294,32 @@ class Fleet:
                 if name not in had:
                     view.name_since[name] = ns
         return True
+
+    def _assemble(self, view: StoreState, msg: m.Shipped) -> m.Shipped | None:
+        """Collect chunk i of n; after chunk n, the snapshot they make (None until then, and for a
+        chunk out of order or a set that does not add up, which is reported and dropped)."""
+        body = msg.body
+        index, count = int(body["chunk"]), int(body["chunks"])
+        key = (msg.seq, count, int(body["size"]), str(body["sha256"]))
+        if index == 1:
+            if view.chunk_of is not None:
+                self._note(f"store {msg.store}: the snapshot at record {view.chunk_of[0]} lacks its last chunks")
+            view.chunks, view.chunk_of = [], key
+        elif view.chunk_of != key or len(view.chunks) != index - 1:
+            self._note(f"skipped message {msg.stream_seq}: chunk {index} of {count} of a snapshot out of order")
+            view.chunks, view.chunk_of = [], None
+            return None
+        view.chunks.append(bytes(body["data"]))
+        if index < count:
+            return None
+        parts, view.chunks, view.chunk_of = view.chunks, [], None
+        try:
+            return m.join_chunks(msg, parts)
+        except m.Malformed as exc:
+            self._note(
+                f"skipped the snapshot of store {msg.store} at record {msg.seq} (chunks up to {msg.stream_seq}): {exc}"
+            )
+            return None
 
     def _note(self, text: str) -> None:
         if self._warn is not None:
@@ -358,9 +397,11 @@ class Fleet:
             for item in doc["stores"]:
                 state = m.snapshot_state({"images": item["images"], "seq": item["seq"],
                                           "digest_orders": item["digest_orders"]}, path)
+                partial = item.get("chunk_of")
                 stores[item["store"]] = StoreState(
                     item["host"], item["store"], state, dict(item["since"]), dict(item["name_since"]),
                     [(a, b) for a, b in item["gaps"]], item["hole"], int(item["updated_ns"]),
+                    [bytes(c) for c in item.get("chunks", ())], None if partial is None else tuple(partial),
                 )
         except FileNotFoundError:
             return
@@ -392,6 +433,8 @@ class Fleet:
                     "gaps": [list(g) for g in v.gaps],
                     "hole": v.hole,
                     "updated_ns": v.updated_ns,
+                    "chunks": v.chunks,  # a snapshot's chunks a refresh stopped in the middle of
+                    "chunk_of": None if v.chunk_of is None else list(v.chunk_of),
                 }
                 for v in self.stores.values()
             ],

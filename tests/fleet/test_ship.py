@@ -184,6 +184,48 @@ def test_pruned_before_shipped_reports_the_gap_and_ships_a_snapshot(url: str, tm
         assert ship(store.path, url, host="h1").shipped == 0  # reported once, not on every run
 
 
+def test_a_snapshot_bigger_than_max_payload_goes_in_chunks(url: str, tmp_path: Path) -> None:
+    with ImageStore(tmp_path / "s", fsync="never", keep_segments=1) as store:
+        with store.batch():  # one record of 5,000 creates
+            for i in range(5000):
+                store.create(
+                    names=[f"quay.io/big/app-{i}:v1", f"quay.io/big/app-{i}:latest"],
+                    layer=f"L{i}",
+                    digest=f"sha256:{i:064x}",
+                    metadata=f"image {i} of a store whose snapshot needs several messages",
+                )
+        store.compact()
+        for i in range(3):
+            store.create(names=[f"more-{i}:v1"], layer=f"M{i}")
+        store.compact()
+        store.create(names=["late:v1"], layer="late")
+        store.add_names("quay.io/big/app-7:v1", ["late:v1"])
+        first = store.history_start - 1
+        assert first == 1  # the record of 5,000 creates was pruned before it was shipped
+        with pytest.raises(ShipGap, match="record 1 of store"):
+            ship(store.path, url, host="h1")
+        messages = subject_messages(url, store_subject(store.path, "h1"))
+        kinds = [h[m.KIND] for _s, h, _d in messages]
+        chunks = [(h, d) for _s, h, d in messages if h[m.KIND] == m.SNAPSHOT_CHUNK]
+        assert len(chunks) >= 2
+        assert kinds == ["gap"] + ["snapshot-chunk"] * len(chunks) + ["commit"] * (store.seq - first)
+        assert [(h[m.CHUNK], h[m.CHUNKS], h[m.SEQ]) for h, _d in chunks] == [
+            (str(i), str(len(chunks)), str(first)) for i in range(1, len(chunks) + 1)
+        ]
+        assert sum(len(d) for _h, d in chunks) > 1024 * 1024  # more than the server's max_payload
+        fleet = Fleet(url, cache=tmp_path / "cache")
+        fleet.refresh()
+        (view,) = fleet.stores.values()
+        assert view.seq == store.seq and view.gaps == [(1, first)] and len(view.images()) >= 5000
+        assert docs(view.images()) == docs(store.images())
+        again = Fleet(url, cache=tmp_path / "cache")
+        again.refresh()  # from the cache
+        assert docs(again.stores[view.store].images()) == docs(store.images())
+        store.delete("quay.io/big/app-9:v1")
+        assert ship(store.path, url, host="h1").shipped == 1  # resumes after the chunks and commits
+        assert Fleet(url).refresh() == len(messages) + 1
+
+
 def test_cli_images_json_is_what_images_json_prints(url: str, tmp_path: Path) -> None:
     with make_store(tmp_path / "s", 12) as store:
         root = store.path
