@@ -35,13 +35,15 @@ def ship(
     follow: bool = False,
     stop: threading.Event | None = None,
     on_gap: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[ShipReport], None] | None = None,
     connect_timeout: float = 5.0,
     retry_for: float = 60.0,
 ) -> ShipReport:
     """Publish every commit record of the store at `root` that the stream lacks, in order, once.
 
     With `follow`, keep shipping new records until `stop` is set. Raises ShipGap (after shipping
-    the rest) if records were pruned locally before they were shipped.
+    the rest) if records were pruned locally before they were shipped. `on_batch` is called with
+    the report after each batch the stream acknowledged.
     """
     require_nats()
     shipper = Shipper(
@@ -51,6 +53,7 @@ def ship(
         host=host,
         replicas=replicas,
         on_gap=on_gap,
+        on_batch=on_batch,
         connect_timeout=connect_timeout,
         retry_for=retry_for,
     )

@@ -38,25 +38,61 @@ def finish(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     assert process.returncode == 0, err.decode()
 
 
+# A shipper that says on stdout which record the stream holds once its k-th batch is acknowledged,
+# then stops there (batch k+1 read and encoded, not sent) until it is killed.
+HOLDING_SHIPPER = """
+import sys, time
+from journalstore.fleet import ship
+root, url, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def on_batch(report):
+    if report.batches == k:
+        print(report.last_seq, flush=True)
+        time.sleep(3600)
+ship(root, url, host="h1", on_batch=on_batch)
+"""
+
+
+def holding_shipper(root: str, url: str, batches: int) -> tuple[subprocess.Popen[bytes], int]:
+    """A shipper process held after `batches` acknowledged batches, and the record it reached."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDING_SHIPPER, root, url, str(batches)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the shipper's signal: batch k is in the stream
+    if not line:
+        process.wait(10)
+        raise AssertionError(f"the shipper ended before its batch {batches}: {process.stderr.read().decode()}")
+    return process, int(line)
+
+
 def test_kill_9_of_the_shipper_at_random_points(url: str, tmp_path: Path) -> None:
     rng = random.Random(os.environ.get("JOURNALSTORE_SEED", str(time.time_ns())))
     with make_store(tmp_path / "s", 2000) as store:
         checker = ExactlyOnce(url, store.path, "h1")
         killed_mid_way = 0
         for trial in range(TRIALS):
-            add_records(store, rng.randrange(500, 4000))
+            held = trial % 5 == 4  # killed on the shipper's signal, in the middle for certain
+            add_records(store, rng.randrange(2500, 4000) if held else rng.randrange(500, 4000))
             if trial % 7 == 3:
                 store.compact()
-            process = shipper(store.path, url, *(["--follow"] if trial % 2 else []))
-            time.sleep(rng.uniform(0.05, 0.45))  # it starts in ~0.2 s, then ships 1,000 records in ~25 ms
+            reached = 0
+            if held:
+                process, reached = holding_shipper(store.path, url, rng.randrange(1, 3))
+            else:
+                process = shipper(store.path, url, *(["--follow"] if trial % 2 else []))
+                time.sleep(rng.uniform(0.05, 0.45))  # it starts in ~0.2 s, then ships 1,000 records in ~40 ms
             process.send_signal(signal.SIGKILL)
             process.wait(10)
             before = checker.last_seq
             after = checker.check()  # 1..after exactly once, in order, byte for byte
+            if held:  # exactly the acknowledged batches, not the next one (prepared, unsent)
+                assert before < after == reached < store.seq, (before, after, reached, store.seq)
             killed_mid_way += before < after < store.seq
         finish(shipper(store.path, url))
         assert checker.check() == store.seq
-        assert killed_mid_way >= 1, "no kill landed while records were being shipped"
+        assert killed_mid_way >= TRIALS // 5, "no kill landed while records were being shipped"
 
 
 def test_server_restart_in_the_middle_of_shipping(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import subprocess
 import sys
@@ -14,11 +16,19 @@ import pytest
 
 from journalstore import ImageStore
 from journalstore.cli.framework import image_document
-from journalstore.fleet import Fleet, FleetWarning, ShipGap, read_store_id, ship
+from journalstore.fleet import Fleet, FleetError, FleetWarning, ShipGap, Shipper, read_store_id, ship
 from journalstore.fleet import messages as m
 from journalstore.fleet.connect import connect
 
-from .conftest import ExactlyOnce, add_records, journal_payloads, make_store, store_subject, subject_messages
+from .conftest import (
+    ExactlyOnce,
+    add_records,
+    journal_payloads,
+    last_shipped,
+    make_store,
+    store_subject,
+    subject_messages,
+)
 
 
 def docs(images: list) -> list[dict]:  # type: ignore[type-arg]
@@ -75,6 +85,48 @@ def test_follow_picks_up_appends(url: str, tmp_path: Path) -> None:
             stop.set()
             thread.join(15)
         assert not thread.is_alive() and not errors
+
+
+def test_an_idle_follower_backs_off_and_wakes_on_the_next_record(url: str, tmp_path: Path) -> None:
+    with make_store(tmp_path / "s", 10) as store:
+        shipper = Shipper(store.path, url, host="h1")
+        looks: list[float] = []
+        changed = shipper._changed
+
+        def counted() -> bool:
+            looks.append(time.monotonic())
+            return changed()
+
+        shipper._changed = counted  # type: ignore[method-assign]
+        stop = threading.Event()
+        thread = threading.Thread(target=lambda: asyncio.run(shipper.run(follow=True, stop=stop)))
+        thread.start()
+        try:
+            checker = ExactlyOnce(url, store.path, "h1")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with contextlib.suppress(FleetError):  # until the shipper has made the stream
+                    if last_shipped(url, store.path, "h1") == store.seq:
+                        break
+                time.sleep(0.05)
+            assert checker.check() == store.seq
+            time.sleep(0.3)  # long enough to reach the longest sleep
+            start = len(looks)
+            time.sleep(1.0)
+            idle = looks[start:]
+            assert len(idle) <= 30, f"{len(idle)} looks at an idle journal in 1 s"  # 2 ms each: ~500
+            assert max(b - a for a, b in itertools.pairwise(idle)) < 0.2
+            add_records(store, 3)
+            written = time.monotonic()
+            while checker.check() < store.seq and time.monotonic() < written + 10:
+                time.sleep(0.005)
+            assert checker.last_seq == store.seq
+            woke = [t for t in looks if t > written]
+            assert woke and woke[0] - written < 0.1  # the next look came within one longest sleep
+        finally:
+            stop.set()
+            thread.join(15)
+        assert not thread.is_alive()
 
 
 def test_three_hosts_fleet_images_equal_their_own(url: str, tmp_path: Path) -> None:
