@@ -257,7 +257,7 @@ class Shipper:
             await self._send(batch)
             try:
                 upcoming = await self._prepare_async()
-            except BaseException:
+            except Exception:
                 await self._finish(batch)  # a record we cannot ship: report what landed first
                 raise
             await self._finish(batch)
