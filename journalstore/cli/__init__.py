@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TextIO
 
 from .. import __version__
 from ..errors import StoreError
-from . import audit_commands, image_commands, journal_commands  # noqa: F401  (they register the commands)
+from . import audit_commands, fleet_commands, image_commands, journal_commands  # noqa: F401  (they register the commands)
 from .framework import (
     COMMANDS,
     ENVIRONMENT_HELP,
