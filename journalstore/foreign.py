@@ -162,8 +162,8 @@ def import_mark(live: Live) -> pub.Mark | None:
     cursor = jn.Cursor(live.disk, live.layout.journal_dir, 1, writable=False)
     try:
         for rec in cursor.poll():
-            events = rec.body.get("events") or ()
-            first = events[0] if events else {}
+            events = rec.body.get("events")
+            first = events[0] if isinstance(events, list | tuple) and events else None
             if isinstance(first, Mapping) and first.get("op") == ev.IMPORT and isinstance(first.get("lock"), str):
                 with contextlib.suppress(ValueError):
                     return pub.Mark(rec.seq, int(str(first.get("xxh3")), 16), bytes.fromhex(first["lock"]))
