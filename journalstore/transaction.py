@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from . import failpoints, foreign, opening
+from . import failpoints, foreign, history_links, opening
 from . import journal as jn
 from .bigdata import Write
 from .compaction import Compactor
@@ -30,7 +30,7 @@ T = TypeVar("T")
 class Txn:
     """What one write transaction (a single call or a whole batch) has done so far."""
 
-    __slots__ = ("events", "pending", "removed", "stale", "state", "writes")
+    __slots__ = ("events", "notes", "pending", "removed", "stale", "state", "writes")
 
     def __init__(self, state: State) -> None:
         self.state = state  # the state the events are applied to (with an undo log)
@@ -39,11 +39,15 @@ class Txn:
         self.pending: dict[tuple[str, str], bytes] = {}  # big data not yet on disk, for reads
         self.removed: list[str] = []  # images deleted: their directories go after the commit
         self.stale: list[str] = []  # explicit IDs created over a leftover directory
+        self.notes: list[history_links.Note] = []  # what each event does to history (history_links)
 
     def emit(self, event: Mapping[str, Any]) -> None:
         """Apply an event to the state (undoable) and queue it for the transaction's record."""
+        note = history_links.before(self, event)
         apply(self.state, event)
         self.events.append(event)
+        if note is not None:
+            self.notes.append(note)
 
 
 class Transactions:
@@ -199,7 +203,9 @@ class Transactions:
             state.commit()
             return
         seq = state.seq + 1
-        payload = jn.pack(live.record_body(seq, txn.events))
+        body = live.record_body(seq, txn.events)
+        body.update(history_links.record_fields(live, txn, seq))
+        payload = jn.pack(body)
         if len(payload) > jn.MAX_FRAME:
             raise RecordTooLarge(
                 f"this change would make a journal record of {len(payload)} bytes "
@@ -224,6 +230,7 @@ class Transactions:
             failpoints.hit("bigdata-after-commit")
         else:
             cursor.append(frame, sync=live.sync)
+        history_links.committed(live, body, cursor.segment, cursor.offset - len(frame))
         state.seq = seq
         state.commit()
         live.segment_events += len(txn.events)
