@@ -215,13 +215,20 @@ class Journal:
         """The image a reference means: the current one, else the last that had that ID or name."""
         if not isinstance(ref, str):
             raise TypeError(f"image reference must be a string, not {type(ref).__name__}")
+        if index is not None:
+            # Exact answers first: the index holds the last holder of every name (so the current
+            # one of a name held now) and every image ever touched. A name that is not hex cannot
+            # be an ID prefix, so the current store (and its prefix index) need not be asked.
+            if ref in index.last:
+                return ref
+            holder = index.names.get(ref)
+            if holder is not None and not _hexish(ref):
+                return holder
         if current is not None:
             image = current(ref)
             if image is not None:
                 return image.id
         if index is not None:
-            if ref in index.last:
-                return ref
             holder = index.names.get(ref)
             if holder is not None:
                 return holder
@@ -355,6 +362,10 @@ class Journal:
         if seq is not None and state.seq < seq:
             raise StoreError(f"record {seq} does not exist yet (the journal ends at record {state.seq})")
         return state
+
+
+def _hexish(ref: str) -> bool:
+    return all(c in "0123456789abcdef" for c in ref)
 
 
 def _kinds(kinds: Iterable[str]) -> list[str]:
