@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: test demo lint typecheck unit bench bench-quick stress clean
+.PHONY: test demo lint typecheck unit bench bench-quick stress clean interop interop-deps
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,21 @@ test: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/journalstore demo
 
+# The real containers/storage 1.43 and podman, for tests/interop (Debian bookworm packages; keep in
+# step with PACKAGES in tests/interop/harness.py). Installs only as root and only what is missing.
+INTEROP_PACKAGES := containers-storage golang-go golang-github-containers-storage-dev \
+	golang-github-ulikunitz-xz-dev podman
+
+interop-deps:
+	@missing=$$(for p in $(INTEROP_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "interop packages: all installed"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "interop packages missing (not root, not installing):" $$missing; \
+	else apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
+
+interop: $(VENV)/.installed-dev
+	$(BIN)/pytest -q tests/interop
+
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks
 
@@ -38,7 +53,7 @@ bench-quick: $(VENV)/.installed-bench
 	$(PY) -m benchmarks --quick
 
 stress: $(VENV)/.installed-dev
-	JOURNALSTORE_STRESS=1 $(BIN)/pytest -q tests/reliability
+	JOURNALSTORE_STRESS=1 $(BIN)/pytest -q tests/reliability tests/interop
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

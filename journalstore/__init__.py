@@ -6,11 +6,13 @@
 """
 
 from .errors import (
+    BigDataNotKept,
     BigDataUnknown,
     DigestUnknown,
     DuplicateID,
     DuplicateImageNames,
     DuplicateName,
+    HistoryPruned,
     ImageUnknown,
     InvalidBigDataName,
     InvalidDigest,
@@ -25,19 +27,22 @@ from .errors import (
     StoreError,
     StoreIsReadOnly,
     StoreNotFound,
+    StoreWarning,
 )
 from .journal import Position
 from .record import Image
-from .store import ImageStore, StoreWarning
+from .store import ImageStore
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BigDataNotKept",
     "BigDataUnknown",
     "DigestUnknown",
     "DuplicateID",
     "DuplicateImageNames",
     "DuplicateName",
+    "HistoryPruned",
     "Image",
     "ImageStore",
     "ImageUnknown",

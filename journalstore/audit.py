@@ -23,12 +23,15 @@ from . import replay
 from . import snapshot as snap
 from .blobs import Blobs, blob_digest
 from .errors import (
+    BigDataNotKept,
     BigDataUnknown,
+    HistoryPruned,
     ImageUnknown,
     JournalCorrupt,
     SizeUnknown,
     StoreError,
     StoreIsReadOnly,
+    StoreWarning,
 )
 from .fsio import Disk
 from .locking import WriterLock
@@ -38,19 +41,6 @@ from .reducer import State, apply
 from .validation import check_read_key
 
 _NS = 1_000_000_000
-
-
-class HistoryPruned(StoreError):
-    """The asked-for past lies before the oldest journal segment kept (see retention)."""
-
-    def __init__(self, message: str, *, first_seq: int) -> None:
-        super().__init__(message)
-        self.first_seq = first_seq
-
-
-class BigDataNotKept(BigDataUnknown):
-    """The bytes a past big-data item had were overwritten or deleted since: the journal keeps
-    only their size and digest."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +174,7 @@ class Journal:
             if first > 0 and since_seq is None and since_ns is None:
                 warnings.warn(
                     f"history before record {first + 1} was pruned; showing from record {first + 1}",
-                    UserWarning,
+                    StoreWarning,
                     stacklevel=3,
                 )
             source = self._all_events(since_seq)

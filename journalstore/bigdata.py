@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from . import failpoints
-from .errors import InvalidBigDataName
+from .errors import InvalidBigDataName, InvalidID
 from .fsio import Disk
-from .validation import MAX_FILE_NAME
+from .validation import MAX_FILE_NAME, check_id, is_directory_name
 
 _PLAIN_KEY = re.compile(r"[.0-9a-z]+")
 STAGING = "staging"
@@ -32,6 +32,20 @@ def file_name(key: str) -> str:
     if _PLAIN_KEY.fullmatch(key) and key not in (".", ".."):
         return key
     return "=" + base64.b64encode(key.encode("utf-8")).decode("ascii")
+
+
+def is_file_name(name: object) -> bool:
+    """Whether `name` is what `file_name` makes of some key (so it names a file in the image's
+    directory and nothing else): checked on every name a record gives."""
+    if not isinstance(name, str) or not name:
+        return False
+    if not name.startswith("="):
+        return _PLAIN_KEY.fullmatch(name) is not None and name not in (".", "..")
+    try:
+        key = base64.b64decode(name[1:].encode("ascii"), validate=True).decode("utf-8")
+    except (ValueError, UnicodeError):
+        return False
+    return bool(key) and file_name(key) == name
 
 
 def check_key(key: object) -> str:
@@ -85,10 +99,14 @@ class BigDataFiles:
         self.staging = os.path.join(journal_dir, STAGING)
 
     def dir(self, image_id: str) -> str:
+        """The image's directory; InvalidID for an ID that would name anything else."""
+        if not is_directory_name(image_id):
+            check_id(image_id)  # says what is wrong
+            raise InvalidID(f"image ID {image_id!r} cannot name a directory of the store")
         return os.path.join(self.root, image_id)
 
     def path(self, image_id: str, key: str) -> str:
-        return os.path.join(self.root, image_id, file_name(key))
+        return os.path.join(self.dir(image_id), file_name(key))
 
     def read(self, image_id: str, key: str) -> bytes:
         return self.disk.read_file(self.path(image_id, key))
@@ -167,8 +185,10 @@ class BigDataFiles:
         disk = self.disk
         touched: dict[str, bool] = {}
         for i, entry in enumerate(files):
+            if not isinstance(entry, list | tuple) or len(entry) != 4:
+                continue  # never act on an entry a damaged record would give
             image_id, name, had_old, dir_created = entry[0], entry[1], bool(entry[2]), bool(entry[3])
-            if not isinstance(image_id, str) or not isinstance(name, str) or "/" in image_id + name:
+            if not isinstance(image_id, str) or not is_directory_name(image_id) or not is_file_name(name):
                 continue  # never follow a path a damaged record would name
             final = os.path.join(self.dir(image_id), name)
             self._unlink(_staged(self.staging, seq, i, "tmp"))
@@ -196,23 +216,21 @@ class BigDataFiles:
             if disk.is_dir(directory):
                 disk.fsync_dir(directory)
 
-    def clean_staging(self, keep: Iterable[str] = (), *, sync: bool = True) -> int:
+    def clean_staging(self, *, sync: bool = True) -> int:
         """Remove leftovers of finished transactions from the staging directory.
 
         With `sync`, the removals are made durable: staged names repeat when a sequence number
         is reused after a crash, and a leftover that a power cut brought back could pass for the
         backup of a later write.
         """
-        kept = set(keep)
         removed = 0
         try:
             names = self.disk.listdir(self.staging)
         except FileNotFoundError:
             return 0
         for name in names:
-            if name not in kept:
-                self._unlink(os.path.join(self.staging, name))
-                removed += 1
+            self._unlink(os.path.join(self.staging, name))
+            removed += 1
         if removed and sync:
             self.disk.fsync_dir(self.staging)
         return removed

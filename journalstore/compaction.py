@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from . import failpoints, history_index
 from . import journal as jn
+from . import publication as pub
 from . import snapshot as snap
 from .errors import JournalCorrupt, StoreWarning
 from .history_index import HistoryIndex
@@ -272,8 +273,18 @@ class Compactor:
         self._live.publish_pending = True
 
     def publish(self) -> None:
-        """Make images.json the snapshot the current segment starts from (a hard link)."""
+        """Make images.json what containers/storage should read now, then tell it (lock held).
+
+        A shared store publishes its current state (see `publish_state`). Otherwise images.json
+        becomes the snapshot the current segment starts from (a hard link to the archive).
+        Either way the last-writer bytes of images.lock change after images.json is in place, so
+        a Go reader that sees them reloads the new file, and our publication mark records what
+        images.json now holds (publication.py).
+        """
         live = self._live
+        if live.shared:
+            self.publish_state()
+            return
         layout = self._layout
         disk = self._disk
         cursor = live.cursor
@@ -290,13 +301,32 @@ class Compactor:
             disk.link(archive, tmp)
         except OSError:
             disk.write_file(tmp, disk.read_file(archive), sync=layout.sync)
-        if live.lock is not None:
-            live.lock.record_write()
         disk.rename(tmp, layout.images_json)
         if layout.sync:
             disk.fsync_dir(layout.path)
             disk.fsync_dir(layout.journal_dir)
+        self._mark(int(cursor.header.get("base_seq", 0)), int(str(reference["xxh3"]), 16))
         live.publish_pending = False
+
+    def publish_state(self) -> None:
+        """Write images.json from the current state, then new last-writer bytes (lock held).
+
+        The encoding reuses each unchanged record's bytes (publication.Encoder); the file is
+        written whole, as containers/storage writes it, so that its readers need nothing new.
+        """
+        live = self._live
+        data = live.encoder.encode(live.state)
+        pub.write_images_json(self._disk, self._layout.images_json, data, sync=self._layout.sync)
+        self._mark(live.state.seq, pub.digest(data))
+        live.publish_pending = False
+
+    def _mark(self, seq: int, digest: int) -> None:
+        """New last-writer bytes and our mark, in one write (after images.json is in place)."""
+        live = self._live
+        if live.lock is None:
+            return
+        failpoints.hit("publish-before-mark")
+        live.write_lock_head(pub.lock_bytes(seq, digest, pub.new_last_writer()))
 
     def prune_locked(self, keep_segments: int | None, older_than: float | None) -> list[str]:
         """Delete closed segments beyond a count or an age, with their snapshots (lock held)."""

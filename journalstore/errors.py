@@ -97,11 +97,15 @@ class JournalCorrupt(StoreError):
 
 
 __all__ = [
+    "BigDataNotKept",
     "BigDataUnknown",
     "DigestUnknown",
     "DuplicateID",
     "DuplicateImageNames",
     "DuplicateName",
+    "EventError",
+    "ForeignDamage",
+    "HistoryPruned",
     "ImageUnknown",
     "InvalidBigDataName",
     "InvalidDigest",
@@ -112,11 +116,43 @@ __all__ = [
     "LockTimeout",
     "RecordTooLarge",
     "SizeUnknown",
+    "SnapshotCorrupt",
     "SnapshotMismatch",
     "StoreError",
     "StoreIsReadOnly",
     "StoreNotFound",
+    "StoreWarning",
 ]
+
+
+class HistoryPruned(StoreError):
+    """The asked-for past lies before the oldest journal segment kept (see retention)."""
+
+    def __init__(self, message: str, *, first_seq: int) -> None:
+        super().__init__(message)
+        self.first_seq = first_seq
+
+
+class BigDataNotKept(BigDataUnknown):
+    """The bytes a past big-data item had were overwritten or deleted since: the journal keeps
+    only their size and digest."""
+
+
+class SnapshotCorrupt(SnapshotMismatch):
+    """images.json cannot be read as a containers/storage image list."""
+
+
+class EventError(StoreError):
+    """An event that cannot apply to the state (its image is unknown, its name is taken, ...).
+
+    Never raised for events the store wrote itself; on replay it means the journal was altered.
+    """
+
+
+class ForeignDamage(SnapshotMismatch):
+    """images.json changed in a way containers/storage could not have made (not a list of
+    images, or rewritten while the last-writer bytes of images.lock did not change): it is
+    never merged automatically (docs/coexistence.md)."""
 
 
 class StoreWarning(UserWarning):

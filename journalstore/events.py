@@ -24,11 +24,6 @@ PUT_IMAGE: Final = "put-image"
 IMPORT: Final = "import"
 EXTERNAL_REWRITE: Final = "external-rewrite"
 
-NAME_OPS: Final = (SET_NAMES, ADD_NAMES, REMOVE_NAMES)
-
-# Events that describe the store rather than change a record.
-MARKERS: Final = frozenset({IMPORT, EXTERNAL_REWRITE})
-
 KINDS: Final = (
     CREATE,
     SET_NAMES,
@@ -138,19 +133,6 @@ class ExternalRewriteEvent(TypedDict):
     removed: list[str]
 
 
-Event = (
-    CreateEvent
-    | NamesEvent
-    | DeleteEvent
-    | MetadataEvent
-    | SetFlagEvent
-    | ClearFlagEvent
-    | BigDataEvent
-    | MappedLayerEvent
-    | PutImageEvent
-    | ImportEvent
-    | ExternalRewriteEvent
-)
 
 
 def create(
@@ -214,7 +196,3 @@ def mapped_layer(
     op: Literal["add-mapped-layer", "remove-mapped-layer"], image_id: str, layer: str
 ) -> MappedLayerEvent:
     return {"op": op, "id": image_id, "layer": layer}
-
-
-def put_image(doc: dict[str, Any]) -> PutImageEvent:
-    return {"op": "put-image", "id": doc["id"], "image": doc}

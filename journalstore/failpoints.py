@@ -20,6 +20,7 @@ NAMES = (
     "append-before-sync",
     "append-after-sync",
     "bigdata-after-keep",
+    "commit-after-append",
     "bigdata-after-prepare",
     "bigdata-after-stage",
     "bigdata-after-backup",
@@ -33,6 +34,7 @@ NAMES = (
     "compact-after-segment",
     "compact-before-publish",
     "compact-after-publish",
+    "publish-before-mark",
 )
 
 

@@ -457,6 +457,15 @@ class Cursor:
         self.offset = before + len(frame)
         self.seen_size = self.offset
 
+    def settle(self, end: int) -> bool:
+        """After an append was interrupted: whether the segment holds this writer's bytes through
+        `end` (then they count, and the cursor moves there) or not (the caller undoes them)."""
+        if self.disk.size(self.fd) < end:
+            return False
+        self.offset = end
+        self.seen_size = end
+        return True
+
     def truncate(self, offset: int, *, sync: bool) -> None:
         """Cut the segment back to `offset` (a writer undoing its own unfinished append)."""
         self.disk.truncate(self.fd, offset)

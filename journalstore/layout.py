@@ -24,6 +24,8 @@ from .record import Image
 
 JOURNAL_DIR = "journal"
 LOCK_FILE = "images.lock"
+MARK_FILE = "published"  # in journal/: what images.json holds, for telling Go's saves from ours
+CONTAINERS_STORAGE_LOCK = "storage.lock"  # in the root whose <driver>-images/ a store may be
 
 
 def journal_file_segment(name: str) -> int | None:
@@ -57,6 +59,12 @@ class Layout:
         self.journal_dir = os.path.join(path, JOURNAL_DIR)
         self.images_json = os.path.join(path, snap.IMAGES_JSON)
         self.lock_file = os.path.join(path, LOCK_FILE)
+        self.mark_file = os.path.join(self.journal_dir, MARK_FILE)
+
+    def in_containers_storage_root(self) -> bool:
+        """Whether the directory is the image store of a containers/storage root (a sibling
+        `storage.lock`, which every containers/storage root has): then it is shared with Go."""
+        return self.disk.exists(os.path.join(os.path.dirname(self.path), CONTAINERS_STORAGE_LOCK))
 
     def segments(self) -> list[int]:
         """The segment numbers in journal/, oldest first ([] for no journal)."""

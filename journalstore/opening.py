@@ -18,9 +18,18 @@ from typing import Any
 from . import events as ev
 from . import foreign, history_index, replay
 from . import journal as jn
+from . import publication as pub
 from . import snapshot as snap
 from .compaction import Compactor
-from .errors import DuplicateImageNames, JournalCorrupt, SnapshotMismatch, StoreNotFound, StoreWarning
+from .errors import (
+    DuplicateImageNames,
+    ForeignDamage,
+    JournalCorrupt,
+    SnapshotMismatch,
+    StoreError,
+    StoreNotFound,
+    StoreWarning,
+)
 from .live import Live
 from .locking import WriterLock
 from .reducer import State
@@ -85,6 +94,10 @@ def initialize(live: Live) -> None:
             "source": images_json,
             "count": len(records),
             "dropped_names": [list(pair) for pair in dropped],
+            # What images.lock and images.json held: a later save of containers/storage changes
+            # the first, damage changes only the second (foreign.lock_state).
+            "lock": live.read_last_writer().hex(),
+            "xxh3": f"{pub.digest(data):016x}",
         }
     layout.create_segment(1, 0, snapshot)
     if import_event is not None:
@@ -99,17 +112,17 @@ def initialize(live: Live) -> None:
             live.compact_soon = True  # give Go readers a file without duplicates
 
 
-def load_journal(live: Live) -> None:
+def load_journal(live: Live, *, locked: bool = False) -> None:
     """The newest segment's snapshot, then that segment's records.
 
     If that snapshot is lost (images.json and its archive both missing or damaged), the
     state is rebuilt from the nearest older snapshot by replaying the segments after it.
     """
     with replay.gc_paused():
-        _load_journal(live)
+        _load_journal(live, locked)
 
 
-def _load_journal(live: Live) -> None:
+def _load_journal(live: Live, locked: bool) -> None:
     disk = live.disk
     journal_dir = live.layout.journal_dir
     segs = live.layout.segments()
@@ -118,15 +131,22 @@ def _load_journal(live: Live) -> None:
     reference = meta.get("snapshot")
     state: State | None = None
     start = newest
+    live.overlay = False
+    head = live.read_lock_head()
+    live.import_mark = None
+    if pub.parse(head).mark is None and segs[0] == 1:
+        live.import_mark = foreign.import_mark(live)
+    marked = foreign.lock_state(live, head).mark is not None  # we know what images.json holds
     if reference:
-        data = base_snapshot(live, newest, reference)
+        data = base_snapshot(live, newest, reference, marked)
         if data is not None:
             state = replay.snapshot_state(disk, journal_dir, newest, reference, data, live.read_only)
     else:
         reference = {}
         state = State(live.read_only)
         check_not_lost(live, newest)
-        foreign.check_unexpected_images_json(live)
+        if not marked:
+            foreign.check_unexpected_images_json(live)
     if state is None:
         found = replay.nearest_base(disk, journal_dir, int(meta.get("base_seq", 0)), live.read_only)
         if found is None:
@@ -155,9 +175,124 @@ def _load_journal(live: Live) -> None:
     live.cursor = jn.Cursor(disk, journal_dir, start, writable=not live.read_only)
     live.needs_repair = True
     catch_up(live)
+    check_publication(live, head, locked)
 
 
-def base_snapshot(live: Live, segment: int, reference: dict[str, Any]) -> bytes | None:
+def check_publication(live: Live, head: bytes, locked: bool = False) -> None:
+    """After loading: what images.lock says of images.json (a store with a publication mark).
+
+    JournalCorrupt if images.json holds a record the journal no longer has; ForeignDamage (a
+    warning when read-only) if images.json changed while the last-writer bytes did not; a Go
+    save is noted for the first write (read-write) or merged in memory (read-only).
+
+    Without a lock, a save in progress (Go's, or another writer's publication) can look like
+    either problem, so a verdict against the store is only given under containers/storage's
+    read lock, which no save holds: the one place an open waits for a writer.
+    """
+    live.lock_seen = b""
+    lock = foreign.lock_state(live, head)
+    if lock.mark is None:  # never published with a mark (an older store)
+        if live.foreign_data is not None and foreign.go_saved(live, head) is not None:
+            live.foreign_data = None  # a containers/storage save: merged as one, event by event
+            if not live.read_only:
+                live.go_pending = True
+            else:
+                notice_go_save(live, head)
+        return
+    problem = _publication_problem(live, head)
+    if problem is not None and not locked:  # `locked`: the caller holds the writers' lock
+        with live.read_locked():
+            catch_up(live)
+            head = live.read_lock_head()
+            problem = _publication_problem(live, head)
+    if problem is None:
+        return
+    if isinstance(problem, JournalCorrupt) or not live.read_only:
+        raise problem
+    warnings.warn(f"{problem} Showing the journal's state.", StoreWarning, stacklevel=6)
+    live.lock_seen = head
+
+
+def _publication_problem(live: Live, head: bytes) -> StoreError | None:
+    """What is wrong with images.json and images.lock now (None: nothing), noting what to do."""
+    lock = foreign.lock_state(live, head)
+    mark = lock.mark
+    cursor = live.cursor
+    assert cursor is not None
+    if mark is None:
+        return None
+    if mark.seq > live.state.seq:
+        return JournalCorrupt(
+            f"images.json holds record {mark.seq} (so images.lock says), but the journal in "
+            f"{live.layout.journal_dir} ends at record {live.state.seq}: its newest records are missing",
+            segment=cursor.segment,
+            offset=cursor.offset,
+        )
+    if not lock.ours and foreign.go_saved(live, head) is not None:
+        if not live.read_only:
+            live.go_pending = True  # merged under the lock before anything else
+        else:
+            notice_go_save(live, head)
+        return None
+    # Ours, or ours with images.lock half written when the power went: images.json tells.
+    data: bytes | None = None
+    with contextlib.suppress(FileNotFoundError):
+        data = live.disk.read_file(live.layout.images_json)
+    if data is None:
+        live.publish_pending = True  # nothing to merge or to lose: the next writer publishes again
+        return None
+    digest = pub.digest(data)
+    reference = cursor.header.get("snapshot") or {}
+    snapshot_digest = int(str(reference["xxh3"]), 16) if reference.get("xxh3") else None
+    if digest == mark.xxh3:
+        live.lock_seen = head
+        if live.shared:
+            live.publish_pending = mark.seq < live.state.seq
+        else:  # a compaction that stopped before publishing its snapshot
+            live.publish_pending = snapshot_digest is not None and digest != snapshot_digest
+        return None
+    ours = {snapshot_digest} if snapshot_digest is not None else set()
+    if live.shared:
+        ours.add(pub.digest(live.encoder.encode(live.state)))
+    if digest in ours or foreign.is_our_snapshot(live):
+        live.publish_pending = True  # a publication that stopped (or a power cut undid) part way
+        return None
+    if reference.get("file"):
+        with contextlib.suppress(FileNotFoundError):
+            archive = live.disk.read_file(os.path.join(live.layout.journal_dir, str(reference["file"])))
+            if pub.digest(archive) == digest:
+                return None  # our snapshot, damaged in place with its hard link: rebuilt from history
+    if live.accepting:
+        live.go_pending = True  # a hand edit the caller accepts: merged under the lock
+        return None
+    return foreign.damage(
+        live, "changed while the last-writer bytes of images.lock did not (not a save of containers/storage)"
+    )
+
+
+def notice_go_save(live: Live, head: bytes | None = None) -> bool:
+    """Whether containers/storage saved since this instance last looked; if so, its changes are
+    applied to the state in memory only (a reader's view; the next writer records them).
+    One pread of images.lock when nothing changed."""
+    if head is None:
+        if live.read_last_writer() == live.lock_seen[: pub.LAST_WRITER_SIZE]:
+            return False
+        head = live.read_lock_head()
+    if head == live.lock_seen:
+        return False
+    lock = foreign.go_saved(live, head)
+    live.lock_seen = head
+    if lock is None:
+        return False
+    try:
+        foreign.overlay(live, lock)
+    except ForeignDamage as exc:
+        warnings.warn(f"{exc} Showing the journal's state.", StoreWarning, stacklevel=5)
+        return False
+    return True
+
+
+def base_snapshot(live: Live, segment: int, reference: dict[str, Any], marked: bool) -> bytes | None:
     """The verified bytes of the snapshot a segment starts from: images.json or its archive.
 
     Notes whether images.json must be published again (a compaction stopped before it) or
@@ -174,6 +309,8 @@ def base_snapshot(live: Live, segment: int, reference: dict[str, Any]) -> bytes 
     if current is not None:
         check_not_lost(live, segment)
     data = replay.archive_bytes(live.disk, live.layout.journal_dir, reference)
+    if marked:
+        return data  # images.json is published state or a Go save: check_publication tells which
     if current is None or foreign.is_our_snapshot(live):
         live.publish_pending = True  # a compaction stopped before publishing images.json
     elif data is not None:
@@ -186,32 +323,37 @@ def base_snapshot(live: Live, segment: int, reference: dict[str, Any]) -> bytes 
 def check_not_lost(live: Live, newest: int) -> None:
     """JournalCorrupt if images.json is the archived snapshot of a segment after `newest`.
 
-    A compaction publishes images.json (a hard link to the archive) only after the segment
-    that starts from it exists, so that segment existed and is gone with its records: a
-    missing newest segment, not a compaction that stopped early.
+    A compaction publishes images.json (the archive's bytes) only after the segment that starts
+    from it exists, so that segment existed and is gone with its records: a missing newest
+    segment, not a compaction that stopped early. Compared by checksum, not by inode, so that a
+    copy made without hard links behaves as the original.
     """
     disk = live.disk
     journal_dir = live.layout.journal_dir
-    try:
-        st = disk.stat(live.layout.images_json)
-    except FileNotFoundError:
-        return
+    later = []
     for name in disk.listdir(journal_dir):
         number = snap.parse_archive_name(name)
-        if number is None or number <= newest:
-            continue
+        if number is not None and number > newest:
+            later.append((number, name))
+    if not later:
+        return
+    try:
+        published = snap.snapshot_digest(disk.read_file(live.layout.images_json))
+    except FileNotFoundError:
+        return
+    for number, name in sorted(later):
         with contextlib.suppress(FileNotFoundError):
-            other = disk.stat(os.path.join(journal_dir, name))
-            if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
-                if disk.exists(os.path.join(journal_dir, jn.segment_name(number))):
-                    return  # a compaction finished after the segments were listed: not lost
-                raise JournalCorrupt(
-                    f"segment {number} is missing from {journal_dir}: images.json was published from "
-                    f"its snapshot {name}, so it existed, and the records it held are lost. To open the store "
-                    f"as of that snapshot anyway, remove images.json.",
-                    segment=number,
-                    offset=0,
-                )
+            if snap.snapshot_digest(disk.read_file(os.path.join(journal_dir, name))) != published:
+                continue
+            if disk.exists(os.path.join(journal_dir, jn.segment_name(number))):
+                return  # a compaction finished after the segments were listed: not lost
+            raise JournalCorrupt(
+                f"segment {number} is missing from {journal_dir}: images.json was published from "
+                f"its snapshot {name}, so it existed, and the records it held are lost. To open the store "
+                f"as of that snapshot anyway, remove images.json.",
+                segment=number,
+                offset=0,
+            )
 
 
 # ---------------------------------------------------------------------- a store Go wrote
@@ -268,6 +410,9 @@ def catch_up(live: Live) -> bool:
         return _refresh_legacy(live)
     if not cursor.changed():
         return False
+    if live.overlay:  # a Go save merged in memory only: the journal may now record it
+        load_journal(live)
+        return True
     applied = False
     segment = cursor.segment
     for rec in cursor.poll():
@@ -301,7 +446,9 @@ def repair(live: Live, compactor: Compactor) -> None:
         tail = cursor.tail
         prepare = cursor.dangling_prepare
         if prepare is not None:
-            live.files.undo(int(prepare.body.get("seq", 0)), prepare.body.get("files", ()))
+            seq, files = prepare.body.get("seq"), prepare.body.get("files")
+            if isinstance(seq, int) and isinstance(files, list | tuple):
+                live.files.undo(seq, files)  # a prepare we could not have written undoes nothing
         size = live.disk.size(cursor.fd)
         if prepare is None or size > prepare.end:
             _keep_broken(live, tail)

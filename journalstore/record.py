@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from .validation import is_directory_name
+
 # The JSON keys of containers/storage's Image struct, in struct order (images.go).
 JSON_KEYS = (
     "id",
@@ -209,7 +211,7 @@ def derive_digests(
     """
     digests: list[str] = [digest] if digest else []
     for key in big_data_names:
-        if key.startswith(MANIFEST_PREFIX):
+        if is_manifest_key(key):
             d = big_data_digests.get(key)
             if d and d not in digests:
                 digests.append(d)
@@ -289,6 +291,29 @@ class Image(NamedTuple):
         return image_from_json(doc, read_only)
 
 
+
+def _field(name: str) -> int:
+    return Image._fields.index(name)
+
+
+# Positions of the fields in an Image tuple, derived from the field list: the reducer and the
+# twin build changed copies with tuple.__new__ (no _replace) and must never count by hand.
+F_ID = _field("id")
+F_DIGEST = _field("digest")
+F_DIGESTS = _field("digests")
+F_NAMES = _field("names")
+F_HISTORY = _field("names_history")
+F_MAPPED = _field("mapped_top_layers")
+F_METADATA = _field("metadata")
+F_BD_NAMES = _field("big_data_names")
+F_CREATED_NS = _field("created_ns")
+F_BD_SIZES = _field("big_data_sizes")
+F_BD_DIGESTS = _field("big_data_digests")
+F_FLAGS = _field("flags")
+F_READ_ONLY = _field("read_only")
+# The mappings come last, then read_only: a twin row is the fields before F_BD_SIZES.
+assert Image._fields[F_BD_SIZES:] == ("big_data_sizes", "big_data_digests", "flags", "read_only")
+
 _new = tuple.__new__
 
 
@@ -349,6 +374,8 @@ def image_from_json(doc: Mapping[str, Any], read_only: bool) -> Image:
     image_id = get("id")
     if not isinstance(image_id, str) or not image_id:
         raise ValueError(f"images.json: image record without an id: {doc!r:.200}")
+    if not is_directory_name(image_id):
+        raise ValueError(f"images.json: image ID {image_id!r:.80} cannot name a directory of the store")
     created = get("created")
     if created is None:
         ns, offset = ZERO_TIME_NS, 0

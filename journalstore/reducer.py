@@ -12,26 +12,33 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import events as ev
-from .errors import ImageUnknown, StoreError
+from .errors import EventError, ImageUnknown
 from .prefix import PrefixIndex
-from .record import EMPTY_MAP, Image, derive_digests, freeze, image_from_json
+from .record import (
+    EMPTY_MAP,
+    F_BD_DIGESTS,
+    F_BD_NAMES,
+    F_BD_SIZES,
+    F_DIGEST,
+    F_DIGESTS,
+    F_FLAGS,
+    F_HISTORY,
+    F_MAPPED,
+    F_METADATA,
+    F_NAMES,
+    Image,
+    derive_digests,
+    freeze,
+    image_from_json,
+)
+from .validation import is_directory_name
 
 _new = tuple.__new__
 
-# Positions of the fields in an Image tuple, for building changed copies without _replace.
-_DIGEST, _DIGESTS, _NAMES, _HISTORY = 1, 2, 3, 4
-_MAPPED, _METADATA, _BD_NAMES, _BD_SIZES, _FLAGS = 6, 7, 8, 11, 13
-
-
-class EventError(StoreError):
-    """An event that cannot apply to the state (its image is unknown, its name is taken, ...).
-
-    Never raised for events the store wrote itself; on replay it means the journal was altered.
-    """
 
 
 # Opcodes of the undo log; _UNDO (after State) maps each to the method that reverts it.
-_UNINSERT, _REORDER, _RESET, _UNREMOVE, _NAME, _DIGEST, _UNADD_DIGEST = range(7)
+_OP_UNINSERT, _OP_REORDER, _OP_RESET, _OP_UNREMOVE, _OP_NAME, _OP_DIGEST, _OP_UNADD_DIGEST = range(7)
 
 
 class State:
@@ -131,12 +138,12 @@ class State:
         images = self.images
         if image_id in images:  # a tombstone of this transaction: the new record goes last
             if self._undo is not None:
-                self._undo.append((_REORDER, list(images)))  # O(n), and only in this rare case
+                self._undo.append((_OP_REORDER, list(images)))  # O(n), and only in this rare case
             del images[image_id]
         images[image_id] = image
         self.count += 1
         if self._undo is not None:
-            self._undo.append((_UNINSERT, image_id))
+            self._undo.append((_OP_UNINSERT, image_id))
         if self._prefix is not None:
             self._prefix.add(image_id)
 
@@ -157,7 +164,7 @@ class State:
         """Swap a record for its changed copy, keeping its place in the order."""
         images = self.images
         if self._undo is not None:
-            self._undo.append((_RESET, image.id, images[image.id]))
+            self._undo.append((_OP_RESET, image.id, images[image.id]))
         images[image.id] = image
 
     def remove(self, image_id: str) -> None:
@@ -165,7 +172,7 @@ class State:
         images = self.images
         old = images[image_id]
         if self._undo is not None:
-            self._undo.append((_UNREMOVE, image_id, old))
+            self._undo.append((_OP_UNREMOVE, image_id, old))
             images[image_id] = None
             self._tombstones.append(image_id)
         else:
@@ -181,13 +188,13 @@ class State:
     def set_name(self, name: str, image_id: str) -> None:
         by_name = self.by_name
         if self._undo is not None:
-            self._undo.append((_NAME, name, by_name.get(name)))
+            self._undo.append((_OP_NAME, name, by_name.get(name)))
         by_name[name] = image_id
 
     def drop_name(self, name: str) -> None:
         by_name = self.by_name
         if self._undo is not None:
-            self._undo.append((_NAME, name, by_name.get(name)))
+            self._undo.append((_OP_NAME, name, by_name.get(name)))
         by_name.pop(name, None)
 
     def _restore_name(self, name: str, image_id: str | None) -> None:
@@ -219,14 +226,14 @@ class State:
         found = by_digest.get(digest)
         if found is None:
             by_digest[digest] = image_id
-            self._log((_DIGEST, digest, None))
+            self._log((_OP_DIGEST, digest, None))
         elif isinstance(found, str):
             if found != image_id:
                 by_digest[digest] = {found: None, image_id: None}
-                self._log((_DIGEST, digest, found))
+                self._log((_OP_DIGEST, digest, found))
         elif image_id not in found:
             found[image_id] = None
-            self._log((_UNADD_DIGEST, digest, image_id))
+            self._log((_OP_UNADD_DIGEST, digest, image_id))
 
     def drop_digest(self, digest: str, image_id: str) -> None:
         by_digest = self.by_digest
@@ -236,9 +243,9 @@ class State:
         if isinstance(found, str):
             if found == image_id:
                 del by_digest[digest]
-                self._log((_DIGEST, digest, found))
+                self._log((_OP_DIGEST, digest, found))
         elif image_id in found:
-            self._log((_DIGEST, digest, dict(found)))  # O(images sharing it), keeps their order
+            self._log((_OP_DIGEST, digest, dict(found)))  # O(images sharing it), keeps their order
             del found[image_id]
             if len(found) == 1:
                 by_digest[digest] = next(iter(found))
@@ -367,7 +374,7 @@ class State:
         """Take a name from a record without touching its history (Go's removeName)."""
         image = self.images[image_id]
         assert image is not None
-        self.replace(_new(Image, (*image[:_NAMES], tuple(n for n in image.names if n != name), *image[_NAMES + 1 :])))
+        self.replace(_new(Image, (*image[:F_NAMES], tuple(n for n in image.names if n != name), *image[F_NAMES + 1 :])))
 
 
 _UNDO: tuple[Callable[..., None], ...] = (
@@ -399,6 +406,8 @@ def _created_ns(value: Any) -> int:
 
 def _create(state: State, event: Mapping[str, Any]) -> None:
     image_id = event["id"]
+    if not isinstance(image_id, str) or not is_directory_name(image_id):
+        raise EventError(f"create event with an image ID that cannot name a directory: {image_id!r:.80}")
     if state.images.get(image_id) is not None:
         raise EventError(f"create event for existing image {image_id}")
     names = tuple(dict.fromkeys(event.get("names", ())))
@@ -470,7 +479,7 @@ def _names(state: State, event: Mapping[str, Any]) -> None:
     # Each resulting name is pushed to the front of the history in order (Go's addNameToHistory,
     # which deduplicates the whole history on every push): the last one ends up first.
     history = tuple(dict.fromkeys((*reversed(new), *image.names_history))) if new else image.names_history
-    state.replace(_new(Image, (*image[:_NAMES], new, history, *image[_HISTORY + 1 :])))
+    state.replace(_new(Image, (*image[:F_NAMES], new, history, *image[F_HISTORY + 1 :])))
 
 
 def _delete(state: State, event: Mapping[str, Any]) -> None:
@@ -484,11 +493,11 @@ def _delete(state: State, event: Mapping[str, Any]) -> None:
 
 def _set_metadata(state: State, event: Mapping[str, Any]) -> None:
     image = _image(state, event)
-    state.replace(_new(Image, (*image[:_METADATA], event["metadata"], *image[_METADATA + 1 :])))
+    state.replace(_new(Image, (*image[:F_METADATA], event["metadata"], *image[F_METADATA + 1 :])))
 
 
 def _set_flags(state: State, image: Image, flags: dict[str, Any]) -> None:
-    state.replace(_new(Image, (*image[:_FLAGS], freeze(flags) if flags else EMPTY_MAP, image.read_only)))
+    state.replace(_new(Image, (*image[:F_FLAGS], freeze(flags) if flags else EMPTY_MAP, *image[F_FLAGS + 1 :])))
 
 
 def _set_flag(state: State, event: Mapping[str, Any]) -> None:
@@ -520,23 +529,13 @@ def _set_big_data(state: State, event: Mapping[str, Any]) -> None:
     digest, digests = derive_digests(image.digest, names, digests_map)
     for old in image.digests:
         state.drop_digest(old, image_id)
-    state.replace(
-        _new(
-            Image,
-            (
-                image_id,
-                digest,
-                digests,
-                *image[_NAMES:_BD_NAMES],
-                names,
-                image.created_ns,
-                image.created_offset,
-                freeze(sizes),
-                freeze(digests_map),
-                *image[_FLAGS:],
-            ),
-        )
-    )
+    row = list(image)
+    row[F_DIGEST] = digest
+    row[F_DIGESTS] = digests
+    row[F_BD_NAMES] = names
+    row[F_BD_SIZES] = freeze(sizes)
+    row[F_BD_DIGESTS] = freeze(digests_map)
+    state.replace(_new(Image, row))
     for new in digests:
         state.add_digest(new, image_id)
 
@@ -559,11 +558,14 @@ def _mapped_layer(state: State, event: Mapping[str, Any]) -> None:
         layers = (*image.mapped_top_layers, layer)
     else:
         layers = tuple(x for x in image.mapped_top_layers if not fold_equal(x, layer))
-    state.replace(_new(Image, (*image[:_MAPPED], layers, *image[_MAPPED + 1 :])))
+    state.replace(_new(Image, (*image[:F_MAPPED], layers, *image[F_MAPPED + 1 :])))
 
 
 def _put_image(state: State, event: Mapping[str, Any]) -> None:
-    image = image_from_json(event["image"], state.read_only)
+    try:
+        image = image_from_json(event["image"], state.read_only)
+    except ValueError as exc:
+        raise EventError(f"put-image event: {exc}") from None
     image_id = image.id
     old = state.images.get(image_id)
     if old is not None:

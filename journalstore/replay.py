@@ -15,10 +15,10 @@ from typing import Any
 
 from . import journal as jn
 from . import snapshot as snap
-from .errors import JournalCorrupt
+from .errors import EventError, JournalCorrupt
 from .fsio import Disk
 from .history_index import HistoryIndex
-from .reducer import EventError, State, apply
+from .reducer import State, apply
 
 
 @contextlib.contextmanager

@@ -17,19 +17,15 @@ from typing import Any, NamedTuple
 import msgpack
 import xxhash
 
-from .errors import SnapshotMismatch
-from .record import EMPTY_MAP, JSON_KEYS, Image, format_go_time, image_from_json
+from .errors import SnapshotCorrupt
+from .record import EMPTY_MAP, F_BD_SIZES, F_CREATED_NS, JSON_KEYS, Image, format_go_time, image_from_json
 
 IMAGES_JSON = "images.json"
 
-_GO_ESCAPES = str.maketrans(
+GO_ESCAPES = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-class SnapshotCorrupt(SnapshotMismatch):
-    """images.json cannot be read as a containers/storage image list."""
 
 
 def snapshot_digest(data: bytes) -> str:
@@ -145,7 +141,7 @@ def image_json_text(image: Image) -> str:
 def encode(images: Iterable[Image]) -> bytes:
     """The images.json bytes for these records, in order."""
     text = "[" + ",".join(map(image_json_text, images)) + "]"
-    return text.translate(_GO_ESCAPES).encode("utf-8")
+    return text.translate(GO_ESCAPES).encode("utf-8")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -186,6 +182,9 @@ def images_from_docs(docs: list[dict[str, Any]], source: str, read_only: bool) -
 
 TWIN_MAGIC = b"JSTORIDX"
 TWIN_VERSION = 4
+# The Image fields this version's rows hold, in order (the mappings and read_only travel apart).
+# A change to Image's fields changes this list and must bump TWIN_VERSION: a test ties the two.
+TWIN_FIELDS = Image._fields[:F_BD_SIZES]
 _TWIN_HEADER = struct.Struct("<8sHHIQ")  # magic, version, reserved, json size, payload xxh3
 
 
@@ -194,11 +193,11 @@ def twin_name(segment: int) -> str:
     return f"snapshot-{segment:08d}.msgpack"
 
 
-_MAPS = 11  # Image fields from here on are the mappings (then read_only)
+_MAPS = F_BD_SIZES  # Image fields from here on are the mappings (then read_only)
 
 
 _INT64 = range(-(1 << 63), 1 << 63)
-_CREATED = 9  # position of created_ns in an Image
+_CREATED = F_CREATED_NS
 
 
 class Twin(NamedTuple):

@@ -30,7 +30,7 @@ from .history_index import HistoryIndex
 from .layout import JOURNAL_DIR, LOCK_FILE, Layout
 from .live import Live
 from .reads import StateReads
-from .record import Image, time_from_datetime
+from .record import Image, is_manifest_key, time_from_datetime
 from .reducer import State
 from .transaction import Transactions
 from .validation import (
@@ -85,18 +85,29 @@ class ImageStore(StateReads):
         lock_timeout: float | None = None,
         keep_segments: int | None = None,
         keep_age: float | None = None,
+        shared: bool | None = None,
+        accept_images_json: bool = False,
         disk: Disk | None = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"store path must be a string or path, not {type(path).__name__}")
         if not os.fspath(path):
             raise ValueError("store path is empty")  # abspath would make it the working directory
+        if accept_images_json and read_only:
+            raise ValueError("accept_images_json merges images.json into the journal: it needs a read-write store")
+        if shared is not None and not isinstance(shared, bool):
+            raise TypeError(f"shared must be True, False or None, not {type(shared).__name__}")
         if fsync not in ("always", "never"):
             raise ValueError(f"fsync must be 'always' or 'never', not {fsync!r}")
         check_str(actor, "actor")  # it goes into every record
         for name, value in (("compact_every", compact_every), ("compact_bytes", compact_bytes)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+        if lock_timeout is not None:
+            if not isinstance(lock_timeout, int | float) or isinstance(lock_timeout, bool):
+                raise TypeError(f"lock_timeout must be a number of seconds or None, not {type(lock_timeout).__name__}")
+            if not lock_timeout >= 0:  # NaN too
+                raise ValueError(f"lock_timeout must be a non-negative number of seconds, not {lock_timeout!r}")
         for name, limit in (("keep_segments", keep_segments), ("keep_age", keep_age)):
             if limit is not None and (not isinstance(limit, int | float) or not 0 <= limit < float("inf")):
                 raise ValueError(f"{name} must be a non-negative number or None, not {limit!r}")
@@ -105,7 +116,9 @@ class ImageStore(StateReads):
         self.actor = actor
         self._disk = disk or DEFAULT_DISK
         self._layout = Layout(self._disk, self.path, fsync == "always")
-        self._live = live = Live(self._layout, read_only=read_only, actor=actor)
+        if shared is None:
+            shared = self._layout.in_containers_storage_root()
+        self._live = live = Live(self._layout, read_only=read_only, actor=actor, shared=shared)
         self._mutex = live.mutex
         self._tx = Transactions(live)
         self._compactor = Compactor(
@@ -118,11 +131,13 @@ class ImageStore(StateReads):
             keep_age=keep_age,
         )
         self._tx.compactor = self._compactor
+        live.accepting = accept_images_json
         try:
             opening.open_store(live, lock_timeout)
-            if live.foreign_data is not None and not live.read_only:
+            if (live.foreign_data is not None or live.go_pending) and not live.read_only:
                 with self._tx.locked():
                     pass  # the repair step merges the foreign images.json
+            live.accepting = False
         except BaseException:
             self.close()  # the journal and lock descriptors opened so far
             raise
@@ -144,6 +159,12 @@ class ImageStore(StateReads):
     @property
     def keep_age(self) -> float | None:
         return self._compactor.keep_age
+
+    @property
+    def shared(self) -> bool:
+        """Whether every commit is published for containers/storage (images.json and the
+        last-writer bytes of images.lock) before the call returns; docs/coexistence.md."""
+        return self._live.shared
 
     @property
     def foreign_rewrite(self) -> bool:
@@ -169,17 +190,25 @@ class ImageStore(StateReads):
     # ================================================================== reads
 
     def _fresh(self) -> State:
-        """The state, caught up with other writers (one fstat when nothing changed)."""
+        """The state, caught up with other writers (one fstat when nothing changed; and in a
+        shared store one pread of images.lock, to see containers/storage's saves)."""
         if self._tx.txn is None:
-            opening.catch_up(self._live)
+            live = self._live
+            opening.catch_up(live)
+            if live.shared and live.cursor is not None:
+                opening.notice_go_save(live)
         return self._live.state
 
     def refresh(self) -> bool:
-        """Apply records other processes appended; True if there were any."""
+        """Apply records other processes appended (and, in a shared store, what containers/storage
+        saved); True if there were any."""
         with self._mutex:
             if self._tx.txn is not None:
                 return False
-            return opening.catch_up(self._live)
+            live = self._live
+            appended = opening.catch_up(live)
+            saved = live.shared and live.cursor is not None and opening.notice_go_save(live)
+            return appended or saved
 
     def big_data(self, ref: str, key: str) -> bytes:
         """The bytes of a big-data item, exactly the bytes its recorded size and digest describe.
@@ -391,7 +420,7 @@ class ImageStore(StateReads):
         check_ref(ref)
         key = check_key(key)
         data = check_bytes(data)
-        if key.startswith("manifest") and digest_manifest is not None:
+        if is_manifest_key(key) and digest_manifest is not None:
             digest = digest_manifest(data)
             check_digest(digest, f"manifest digest of {key!r}")
         else:
@@ -489,6 +518,8 @@ class ImageStore(StateReads):
     def at(self, when: int | datetime) -> StoreView:
         """A read-only view of the store right after record `when` (or the last record at or
         before a datetime)."""
+        if isinstance(when, bool) or not isinstance(when, int | datetime):
+            raise TypeError(f"at() takes a sequence number or a datetime, not {type(when).__name__}")
         journal = self._journal()
         state = journal.state_at(when)
         moment = when if isinstance(when, datetime) else None
@@ -544,6 +575,7 @@ class ImageStore(StateReads):
             if live.lock is not None:
                 live.lock.close()
                 live.lock = None
+            live.close_head()
             live.read_only = True
             live.read_only_reason = "the store was closed"
 

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import failpoints, foreign, history_links, opening
 from . import journal as jn
-from .bigdata import Write
+from . import publication as pub
+from .bigdata import Planned, Write
 from .compaction import Compactor
-from .errors import RecordTooLarge, StoreError
+from .errors import RecordTooLarge, StoreError, StoreWarning
 from .live import Live
-from .locking import WriterLock
+from .locking import Holder, WriterLock
 from .reducer import State, apply
 
 T = TypeVar("T")
+THREAD_WAIT = 0.05  # seconds; a waiter re-checks the lock at least this often
 
 
 class Txn:
@@ -56,6 +60,9 @@ class Transactions:
     def __init__(self, live: Live) -> None:
         self._live = live
         self.txn: Txn | None = None  # the open transaction (read under the instance mutex)
+        # Signalled when this instance's writers' lock is released. Waiting on it releases the
+        # instance mutex, so readers of this instance never wait behind a writer's lock wait.
+        self._lock_free = threading.Condition(live.mutex)
         self.compactor: Compactor | None = None  # set by the facade right after construction
 
     def _compactor(self) -> Compactor:
@@ -131,8 +138,10 @@ class Transactions:
         if os.getpid() != live.pid:
             self._after_fork()
         assert live.lock is not None
-        live.lock.acquire()
+        live.lock.acquire(self._wait)
         try:
+            if live.overlay:
+                opening.load_journal(live, locked=True)  # drop what was merged in memory only
             opening.catch_up(live)
             cursor = live.cursor
             assert cursor is not None
@@ -146,13 +155,60 @@ class Transactions:
                 if live.compact_soon:
                     live.compact_soon = False
                     self._compactor().compact_locked()
+            self._merge_go_save()
         except BaseException:
-            live.lock.release()
+            self.release()
             raise
 
+    def _merge_go_save(self) -> None:
+        """Record what containers/storage saved since the last publication, before our own
+        change (lock held, caught up): one pread of images.lock when it saved nothing."""
+        live = self._live
+        assert live.lock is not None
+        if live.read_last_writer() == live.lock_seen[: pub.LAST_WRITER_SIZE] and not live.publish_pending:
+            return
+        head = live.read_lock_head()
+        lock = foreign.go_saved(live, head)
+        writer: Mapping[str, Any] | None = None if lock is None else foreign.go_writer(live, lock)
+        if lock is None and live.accepting and live.go_pending:
+            lock = foreign.lock_state(live, head)  # a hand edit, recorded under our own actor
+        live.go_pending = False
+        if lock is not None:
+            theirs = foreign.read_go_save(live)  # ForeignDamage: this write fails, nothing changes
+            base = foreign.base_images(live, lock)
+            state = live.state
+            state.begin()
+            txn = self.txn = Txn(state)
+            try:
+                by = foreign.GO_ACTOR if writer is not None else f"hand edit accepted by {live.actor or 'journalstore'}"
+                foreign.merge_go_save(txn.emit, state, base, theirs, live.layout.images_json, lock, by)
+                self._commit(txn, writer)
+            except BaseException:
+                state.rollback()
+                raise
+            finally:
+                self.txn = None
+            if not live.shared:  # a shared store published in the commit
+                self._compactor().publish_state()
+            return
+        mark = foreign.lock_state(live, head).mark
+        if live.shared and (live.publish_pending or (mark is not None and mark.seq < live.state.seq)):
+            self._compactor().publish_state()  # a commit whose publication did not finish
+        else:
+            live.lock_seen = head
+
+    def _wait(self, holder: Holder, seconds: float | None) -> None:
+        """Wait for the writers' lock without holding the instance mutex (caller holds it once
+        or more; Condition.wait releases every level and takes them back)."""
+        if holder == "thread":  # woken by release(); the bound only guards against a lost wakeup
+            seconds = THREAD_WAIT if seconds is None else min(seconds, THREAD_WAIT)
+        self._lock_free.wait(seconds)
+
     def release(self) -> None:
+        """Release the writers' lock (caller holds the instance mutex) and wake its waiters."""
         assert self._live.lock is not None
         self._live.lock.release()
+        self._lock_free.notify_all()
 
     def _after_fork(self) -> None:
         """A child process must not share the parent's lock and journal descriptors."""
@@ -194,7 +250,14 @@ class Transactions:
         del txn.removed[removed:]
         del txn.stale[stale:]
 
-    def _commit(self, txn: Txn) -> None:
+    def _commit(self, txn: Txn, writer: Mapping[str, Any] | None = None) -> None:
+        """Append the transaction's record and keep its events; undo both if it did not land.
+
+        Whether the record counts depends only on where the journal's bytes are: if anything
+        (an error, an interrupt) stops this method after the whole record reached the segment,
+        the record is kept in memory too and the exception goes on; otherwise every byte and
+        file it wrote is undone and the caller rolls the state back.
+        """
         live = self._live
         state = live.state
         cursor = live.cursor
@@ -203,7 +266,7 @@ class Transactions:
             state.commit()
             return
         seq = state.seq + 1
-        body = live.record_body(seq, txn.events)
+        body = live.record_body(seq, txn.events, writer)
         body.update(history_links.record_fields(live, txn, seq))
         payload = jn.pack(body)
         if len(payload) > jn.MAX_FRAME:
@@ -212,31 +275,63 @@ class Transactions:
                 f"(the maximum is {jn.MAX_FRAME}); split it into smaller changes"
             )
         frame = jn.encode_frame(payload)
-        planned = None
+        files = live.files
+        planned = files.plan(txn.writes) if txn.writes else None
+        prepare = None if planned is None else files.prepare_body(seq, planned)
+        prepare_frame = b"" if prepare is None else jn.encode_frame(jn.pack(prepare))
         before = cursor.offset
-        if txn.writes:
-            files = live.files
-            planned = files.plan(txn.writes)
-            prepare = files.prepare_body(seq, planned)
-            cursor.append(jn.encode_frame(jn.pack(prepare)), sync=False)
-            failpoints.hit("bigdata-after-prepare")
-            try:
+        end = before + len(prepare_frame) + len(frame)
+        try:
+            if planned is not None:
+                cursor.append(prepare_frame, sync=False)
+                failpoints.hit("bigdata-after-prepare")
                 files.install(seq, planned, sync=live.sync)
-                cursor.append(frame, sync=live.sync)
-            except BaseException:
-                files.undo(seq, prepare["files"])
+            cursor.append(frame, sync=live.sync)
+            if planned is not None:
+                failpoints.hit("bigdata-after-commit")
+            failpoints.hit("commit-after-append")
+        except BaseException:
+            if not cursor.settle(end):
+                if prepare is not None:
+                    files.undo(seq, prepare["files"])
                 cursor.truncate(before, sync=live.sync)
                 raise
-            failpoints.hit("bigdata-after-commit")
-        else:
-            cursor.append(frame, sync=live.sync)
-        history_links.committed(live, body, cursor.segment, cursor.offset - len(frame))
-        state.seq = seq
-        state.commit()
+            self._keep(txn, seq, planned, body, end - len(frame))  # the record is in the journal: it counts
+            raise
+        self._keep(txn, seq, planned, body, end - len(frame))
+
+    def _keep(
+        self, txn: Txn, seq: int, planned: list[Planned] | None, body: Mapping[str, Any], offset: int
+    ) -> None:
+        """The record of `txn` (its frame at `offset`) is in the journal: keep its events, then
+        clean up after it.
+
+        Nothing after this point may make the call fail: what cleanup leaves behind is reported
+        as a StoreWarning and removed by garbage_collect() or the next repair.
+        """
+        live = self._live
+        cursor = live.cursor
+        assert cursor is not None
+        history_links.committed(live, body, cursor.segment, offset)
+        live.state.seq = seq
+        live.state.commit()
         live.segment_events += len(txn.events)
-        if planned is not None:
-            live.files.finish(seq, planned)
-        self._after_commit(txn)
+        try:
+            if live.shared:  # before the call returns, containers/storage sees the change
+                self._compactor().publish_state()
+            if planned is not None:
+                live.files.finish(seq, planned)
+            self._after_commit(txn)
+        except Exception as exc:
+            warnings.warn(
+                f"record {seq} is committed, but cleaning up after it failed ({exc}); garbage_collect() "
+                "or the next write's repair removes what is left",
+                StoreWarning,
+                stacklevel=5,
+            )
+            live.repaired = False  # the next writer cleans staging again
+            if live.shared:
+                live.publish_pending = True  # and publishes, if this did not
 
     def _after_commit(self, txn: Txn) -> None:
         """Remove what the committed record made garbage, then compact if it is time."""

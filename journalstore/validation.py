@@ -36,6 +36,18 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def is_directory_name(image_id: str) -> bool:
+    """Whether an image ID read from a record or a file may name a directory of the store
+    (cheap: checked on every path built from an ID; `check_id` says what is wrong)."""
+    return (
+        bool(image_id)
+        and "/" not in image_id
+        and "\x00" not in image_id
+        and image_id not in (".", "..")
+        and image_id not in RESERVED_NAMES
+    )
+
+
 def check_id(image_id: object) -> str:
     """An explicit image ID: a string that can name a directory of the store."""
     if not isinstance(image_id, str):

@@ -49,7 +49,8 @@ CASES = [
     or (fp == "bigdata-after-keep" and op in ("overwrite", "delete", "batch"))  # bytes replaced
     or (fp.startswith("bigdata") and fp != "bigdata-after-keep" and op in ("create-big", "overwrite", "batch"))
     or (fp.startswith("delete") and op in ("delete", "batch"))
-    or ((fp.startswith("snapshot") or fp.startswith("compact")) and op == "compact")
+    or (fp.startswith("commit") and op in ("create", "create-big", "overwrite", "delete", "batch"))
+    or ((fp.startswith("snapshot") or fp.startswith("compact") or fp.startswith("publish")) and op == "compact")
 ]
 # A big-data write appends twice (prepare, then commit): die in the second append too.
 CASES += [(fp, op, 1) for fp in failpoints.NAMES if fp.startswith("append") for op in ("overwrite", "batch")]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import threading
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 from journalstore import DuplicateImageNames, ImageStore, StoreWarning
 from journalstore import journal as jn
 from journalstore import snapshot as snap
+from journalstore.errors import ForeignDamage
 from journalstore.fsio import Disk
 
 from .conftest import FIXTURE
@@ -384,17 +388,21 @@ def test_automatic_retention_setting(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ foreign rewrites
 
 
-def go_rewrite(root: Path, change: Any) -> None:
-    """Rewrite images.json as containers/storage would: a new file renamed into place."""
+def go_rewrite(root: Path, change: Any, *, touch: bool = True) -> None:
+    """Rewrite images.json as containers/storage would: a new file renamed into place, then new
+    last-writer bytes at the start of images.lock (its Touch(); `touch=False`: a program that
+    is not containers/storage)."""
     images = json.loads((root / "images.json").read_text())
     change(images)
     tmp = root / ".tmp-images.json"
     tmp.write_bytes(json.dumps(images, separators=(",", ":")).encode())
     os.rename(tmp, root / "images.json")
+    if touch:
+        with open(root / "images.lock", "r+b") as f:  # in place: Go never truncates it
+            f.write(struct.pack("<QQI", time.time_ns(), 1, 4242) + os.urandom(44))
 
 
-def test_foreign_rewrite_is_merged_on_read_write_open(tmp_path: Path) -> None:
-    root = tmp_path / "s"
+def _rewritten_store(root: Path) -> tuple[Any, Any, Any, Callable[[list[dict[str, Any]]], None]]:
     with ImageStore(root, fsync="never") as s:
         a = s.create(names=["a"], metadata="old")
         b = s.create(names=["b"])
@@ -407,20 +415,44 @@ def test_foreign_rewrite_is_merged_on_read_write_open(tmp_path: Path) -> None:
         images[:] = [i for i in images if i["id"] != gone.id]
         images.append({"id": "f" * 64, "names": ["new-from-podman"], "created": "2025-01-01T00:00:00Z"})
 
+    return a, b, gone, change
+
+
+def test_foreign_rewrite_is_merged_on_read_write_open(tmp_path: Path) -> None:
+    """A containers/storage save (images.json, then the last-writer bytes) is merged three-way,
+    event by event: readers see it at once (in memory), the first writer records it."""
+    root = tmp_path / "s"
+    a, b, gone, change = _rewritten_store(root)
     go_rewrite(root, change)
-    with pytest.warns(StoreWarning, match="another program"):
-        ro = ImageStore(root, read_only=True)
-    assert ro.foreign_rewrite and ro.get("a").metadata == "old" and ro.exists("gone")
-    ro.close()
-    with pytest.warns(StoreWarning, match="merged"), ImageStore(root, fsync="never") as s:
+    with ImageStore(root, read_only=True) as ro:  # issue 12: readers see Go's save, in memory
+        assert ro.get("a").metadata == "theirs" and not ro.exists("gone")
+        assert ro.get("b").names == ("ours-after-snapshot", "b")
+    with ImageStore(root, fsync="never") as s:
         assert s.get("a").metadata == "theirs"
         assert s.get("new-from-podman").id == "f" * 64
-        assert not s.exists("gone")
+        assert not s.exists("gone") and not s.exists(gone.id)
         assert s.get("b").names == ("ours-after-snapshot", "b")  # our record survived
         assert s.get(a.id).id == a.id and s.get(b.id)
         merged = docs(s)
+        kinds = [(e.kind, e.actor.name, e.actor.pid) for e in s.history(since=5)]
+    assert kinds[0] == ("external-rewrite", "containers-storage", 4242)
+    assert {k for k, _, _ in kinds} >= {"set-metadata", "delete", "create"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with ImageStore(root, read_only=True) as r:
             assert docs(r) == merged
     assert json.loads((root / "images.json").read_text()) == merged
+
+
+def test_a_rewrite_without_new_last_writer_bytes_is_not_merged(tmp_path: Path) -> None:
+    """Issue 12: an images.json changed while the last-writer bytes did not is not a save of
+    containers/storage: readers show the journal's state with a warning, writers refuse."""
+    root = tmp_path / "s"
+    _a, _b, gone, change = _rewritten_store(root)
+    go_rewrite(root, change, touch=False)
+    with pytest.warns(StoreWarning, match="accept-images-json"), ImageStore(root, read_only=True) as ro:
+        assert ro.get("a").metadata == "old" and ro.exists("gone")
+    with pytest.raises(ForeignDamage, match=r"images\.json"):
+        ImageStore(root, fsync="never")
+    with pytest.warns(StoreWarning), ImageStore(root, read_only=True) as ro:
+        assert ro.exists(gone.id) and [e.kind for e in ro.history()].count("delete") == 0

@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TextIO
 
 from .. import __version__
 from ..errors import StoreError
-from . import audit_commands, image_commands, journal_commands  # noqa: F401  (they register the commands)
+from . import audit_commands, fleet_commands, image_commands, journal_commands  # noqa: F401  (they register the commands)
 from .framework import (
     COMMANDS,
     ENVIRONMENT_HELP,
@@ -62,6 +62,13 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--read-only", action="store_true", default=default(False), help="never write, lock or repair anything"
     )
     group.add_argument("--actor", metavar="NAME", default=default(""), help="who makes the changes (in the journal)")
+    group.add_argument(
+        "--shared",
+        choices=("auto", "on", "off"),
+        default=default("auto"),
+        help="publish every change for containers/storage (images.json, images.lock): on, off, or auto "
+        "(on when the store is the images directory of a containers/storage root)",
+    )
     group.add_argument(
         "-j", "--json", action="store_true", default=default(False), help="machine-readable output: one JSON document"
     )

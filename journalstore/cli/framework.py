@@ -228,14 +228,17 @@ class Session:
             self._store = self.open(self.root, write=write)
         return self._store
 
-    def open(self, root: str, *, write: bool) -> ImageStore:
+    def open(self, root: str, *, write: bool, accept_images_json: bool = False) -> ImageStore:
         """Open a store with the global options; the session closes it at the end."""
         started = time.perf_counter()
+        shared = {"on": True, "off": False}.get(getattr(self.args, "shared", None) or "auto")
         store = ImageStore(
             root,
             read_only=self.read_only_requested or not write,
             fsync=self.fsync,
             actor=self.args.actor or "",
+            shared=shared,
+            accept_images_json=accept_images_json,
         )
         if self._store is None:
             self._store = store

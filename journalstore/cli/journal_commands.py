@@ -1,16 +1,19 @@
-"""The journal's own commands: stats, compact, import, prune and the demo."""
+"""The journal's own commands: stats, compact, import, accept-images-json, prune and the demo."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from ..errors import StoreError, StoreIsReadOnly, StoreNotFound
 from ..snapshot import IMAGES_JSON
 from ..stats import journal_segments, store_stats
+from ..store import ImageStore
 from .framework import (
     EXIT_OK,
     Session,
@@ -127,6 +130,37 @@ def cmd_import(s: Session, a: argparse.Namespace) -> int:
     else:
         s.line(f"imported {plural(count, 'image')} from {source}")
         s.line(f"{directory} is now a journalstore store; its history starts with the import (record {store.seq})")
+    return EXIT_OK
+
+
+@command(
+    "accept-images-json",
+    group="journal",
+    access="none",
+    summary="Merge a hand-edited images.json into the journal, as a recorded change",
+    example="journalstore --root /var/lib/containers/storage/overlay-images accept-images-json",
+    description="A store refuses to open read-write when images.json changed without containers/storage's "
+    "last-writer bytes changing (damage, or a hand edit). After checking the file, this merges it "
+    "the way a containers/storage save is merged: three-way, event by event, recorded under --actor. "
+    "The file must still be a list of images containers/storage could read. Prints the record "
+    "(--json: {root, record, events}).",
+)
+def cmd_accept_images_json(s: Session, a: argparse.Namespace) -> int:
+    if s.read_only_requested:
+        raise StoreIsReadOnly("accept-images-json records a change: it cannot run with --read-only")
+    before = None
+    with warnings.catch_warnings(), contextlib.suppress(StoreError):
+        warnings.simplefilter("ignore")  # the reader warns of the very damage being accepted
+        with ImageStore(s.root, read_only=True) as reader:
+            before = reader.seq
+    store = s.open(s.root, write=True, accept_images_json=True)
+    merged = [] if before is None else [e for e in store.history(since=before + 1) if e.kind != "import"]
+    if s.json:
+        s.emit({"root": s.root, "record": store.seq, "events": [e.to_json() for e in merged]})
+    elif merged:
+        s.line(f"merged images.json as record {store.seq} ({plural(len(merged), 'event')})")
+    else:
+        s.line("images.json holds nothing the journal does not: nothing to merge")
     return EXIT_OK
 
 

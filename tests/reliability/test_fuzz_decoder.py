@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from journalstore import ImageStore
 from journalstore import journal as jn
 from journalstore import snapshot as snap
-from journalstore.errors import JournalCorrupt, SnapshotMismatch
+from journalstore.errors import JournalCorrupt, SnapshotMismatch, StoreError
 from journalstore.fsio import DEFAULT_DISK
 
 from .conftest import scale
@@ -127,6 +127,18 @@ OPS = [
     "nope",
 ]
 TYPES = ["commit", "prepare", "end", "other"]
+# Names a record could give to send a path outside the store (issue 15.2).
+HOSTILE_IDS = ["..", ".", "journal", "images.json", "a/b", "../x", "x\x00y"]
+HOSTILE_FILES = [
+    "victim.txt",
+    "..",
+    ".",
+    "../victim.txt",
+    "../../victim.txt",
+    "=Li4=",
+    "=Li4vdmljdGltLnR4dA==",
+    "manifest",
+]
 
 scalars = st.one_of(
     st.none(),
@@ -151,7 +163,7 @@ values = st.recursive(
 def events(draw: Any) -> dict[Any, Any]:
     event: dict[Any, Any] = {"op": draw(st.sampled_from(OPS))}
     if draw(st.booleans()):
-        event["id"] = draw(st.sampled_from(["a" * 64, "b" * 64, "", 5, None]))
+        event["id"] = draw(st.sampled_from(["a" * 64, "b" * 64, "", 5, None, *HOSTILE_IDS]))
     for key in draw(st.lists(st.sampled_from(KEYS), max_size=6)):
         event[key] = draw(values)
     return event
@@ -165,6 +177,11 @@ def bodies(draw: Any, seq: int) -> Any:
     body: dict[Any, Any] = {"type": draw(st.sampled_from(TYPES)) if draw(st.booleans()) else "commit"}
     body["seq"] = seq if draw(st.integers(0, 4)) else draw(values)
     body["events"] = draw(st.lists(events(), max_size=4)) if draw(st.integers(0, 5)) else draw(values)
+    if body["type"] == "prepare" and draw(st.booleans()):
+        entry = st.tuples(
+            st.sampled_from(["a" * 64, *HOSTILE_IDS]), st.sampled_from(HOSTILE_FILES), st.booleans(), st.booleans()
+        ).map(list)
+        body["files"] = draw(st.lists(entry, max_size=3))
     for key in draw(st.lists(st.sampled_from(KEYS), max_size=3)):
         body.setdefault(key, draw(values))
     return body
@@ -369,6 +386,32 @@ def test_read_only_store_over_a_fuzzed_journal(tmp_path: Path, data: bytes) -> N
         except (JournalCorrupt, SnapshotMismatch):
             pass
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+@FUZZ
+@given(data=segment_files())
+def test_writer_over_a_fuzzed_journal_stays_inside_the_store(tmp_path: Path, data: bytes) -> None:
+    """A writer that opens, repairs and writes over any journal touches nothing outside the store."""
+    count("store_rw")
+    outer = _segment_dir(tmp_path, data)
+    root = outer / "store"
+    (outer / "journal").rename(outer / "store-journal")
+    root.mkdir()
+    (outer / "store-journal").rename(root / "journal")
+    (outer / "victim.txt").write_text("keep me")
+    (outer / "a").mkdir()
+    (outer / "a" / "victim.txt").write_text("keep me too")
+    before = {p: p.read_bytes() for p in outer.rglob("*") if p.is_file() and root not in p.parents}
+    with alarm("ImageStore read-write"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with ImageStore(root, fsync="never") as store:
+                store.create(names=["fuzz-probe"])
+                store.wipe()
+                store.garbage_collect()
+        except StoreError:
+            pass
+    assert {p: p.read_bytes() for p in outer.rglob("*") if p.is_file() and root not in p.parents} == before
 
 
 @FUZZ

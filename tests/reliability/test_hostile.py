@@ -30,6 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from journalstore import Image, ImageStore
+from journalstore import events as ev
+from journalstore import journal as jn
 from journalstore.errors import (
     BigDataUnknown,
     DigestUnknown,
@@ -774,6 +776,9 @@ def constructor_cases(tmp: Path) -> Iterator[tuple[str, Callable[[], Any], Expec
 
 
 FROM_JSON_BAD: list[Any] = [
+    {"id": ".."},  # an ID that names no directory of the store (issue 15.2)
+    {"id": "journal"},
+    {"id": "a/b"},
     None,
     5,
     "str",
@@ -840,6 +845,44 @@ def test_hostile_api_table(tmp_path: Path, summary: Callable[..., None], monkeyp
 def _close(store: Any) -> None:
     if isinstance(store, ImageStore):
         store.close()
+
+
+# ---------------------------------------------------------------------- hostile records
+
+HOSTILE_RECORDS: list[dict[str, Any]] = [
+    {"type": "prepare", "seq": 2, "files": [["..", "victim.txt", False, False]]},
+    {"type": "prepare", "seq": 2, "files": [["..", "victim.txt", True, True]]},
+    {"type": "prepare", "seq": 2, "files": [["journal", "segment-00000001", False, False]]},
+    {"type": "prepare", "seq": 2, "files": [[".", "images.lock", False, True]]},
+    {"type": "prepare", "seq": 2, "files": [["a" * 64, "../../victim.txt", False, True]]},
+    {"type": "prepare", "seq": 2, "files": [["a" * 64, "..", False, True]]},
+    {"type": "commit", "seq": 2, "events": [ev.create("..", 0, 0, (), (), "", "", "", {})]},
+    {"type": "commit", "seq": 2, "events": [ev.create("journal", 0, 0, (), (), "", "", "", {})]},
+    {"type": "commit", "seq": 2, "events": [{"op": "put-image", "image": {"id": ".."}}]},
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_RECORDS, ids=lambda b: short(b, 60))
+def test_hostile_records_never_reach_outside_the_store(tmp_path: Path, body: dict[str, Any]) -> None:
+    """Checksum-valid records that name paths outside the store: recovery and writes stay inside
+    (issue 15.2). The fence disk fails the test on any file operation outside the store."""
+    root = tmp_path / "outer" / "store"
+    with ImageStore(root, fsync="never") as store:
+        store.create(id="a" * 64, names=["a"], big_data=[("manifest", b"{}")])
+    (tmp_path / "outer" / "victim.txt").write_text("keep me")
+    segment = root / "journal" / jn.segment_name(1)
+    with open(segment, "ab") as f:
+        f.write(jn.encode_frame(jn.pack(body)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with ImageStore(root, fsync="never", disk=FenceDisk(root)) as store:
+                store.create(names=["b"])
+                store.wipe()
+                store.garbage_collect()
+        except StoreError as exc:
+            assert "cannot name a directory" in str(exc), exc
+    assert (tmp_path / "outer" / "victim.txt").read_text() == "keep me"
 
 
 # ---------------------------------------------------------------------- the command line

@@ -81,10 +81,12 @@ CRASHES = [
 # Stress mode adds a writer killed at each of the other failpoints, in an operation that passes it.
 _OP_OF = {
     "append": OPEN + 's.create("d" * 64, ["new"])',
+    "commit": OPEN + 's.create("d" * 64, ["new"])',
     "bigdata": OPEN + 's.set_big_data("keep", "manifest", b"new")',
     "delete": OPEN + 's.delete("doomed")',
     "snapshot": OPEN + "s.compact()",
     "compact": OPEN + "s.compact()",
+    "publish": OPEN + "s.compact()",
 }
 if STRESS:
     _covered = {failpoint for _, _, failpoint, _ in CRASHES}
@@ -231,6 +233,7 @@ EXPECTED_MODES = {
     "broken copy": 0o600,
     "images.json": 0o600,
     "images.lock": 0o644,
+    "publication mark": 0o600,
 }
 
 
@@ -254,6 +257,8 @@ def _kind(root: Path, path: Path) -> str:
             return "twin"
         if name.startswith("snapshot-") and name.endswith(".json"):
             return "snapshot"
+        if name == "published":
+            return "publication mark"
     if len(rel[0]) == 64:
         return "image directory" if len(rel) == 1 else "big data"
     raise AssertionError(f"a file of no known kind: {path}")

@@ -1,0 +1,1 @@
+"""Tests against the real containers/storage (Go) sharing a directory with journalstore."""
