@@ -48,6 +48,17 @@ if what == "history":
         count += 1
 elif what == "history-one":
     count = sum(1 for _event in store.history("app-7:latest"))
+elif what == "history-one-id":
+    image_id = store.get("app-11:v1").id
+    start = time.perf_counter()
+    count = sum(1 for _event in store.history(image_id))
+elif what == "history-one-past-name":
+    count = sum(1 for _event in store.history("app-5:v1"))
+elif what == "at-big-data":
+    since = next(iter(store.history("bigdata-target"))).seq  # created; overwritten 1,000 times since
+    view = store.at(since)  # rebuilding the state at `since` is timed by at-middle/at-last
+    start = time.perf_counter()
+    count = len(view.big_data("bigdata-target", "config"))
 elif what == "at-middle":
     count = len(store.at(store.seq // 2))
 elif what == "at-last":
@@ -59,8 +70,27 @@ print(json.dumps({"what": what, "seconds": seconds, "count": count, "records": s
 """
 
 
+OVERWRITES = 1_000
+
+
 def build(path: Path, records: int, images: int) -> None:
-    """Write the store (fsync off: the journal's content is what matters here)."""
+    """Write the store (fsync off: the journal's content is what matters here).
+
+    Then one image whose big-data item is overwritten OVERWRITES times, and one image renamed,
+    so that its first name (app-5:v1) is a past name."""
+    _build_records(path, records, images)
+    from journalstore import ImageStore
+
+    with ImageStore(path, fsync="never", actor="audit-scale") as store:
+        if not store.exists("bigdata-target"):
+            store.create(names=["bigdata-target"], big_data=[("config", b"config 0" * 64)])
+            for i in range(1, OVERWRITES + 1):
+                store.set_big_data("bigdata-target", "config", f"config {i}".encode() * 64)
+        if store.exists("app-5:v1"):
+            store.set_names("app-5:v1", ["app-5:renamed"])
+
+
+def _build_records(path: Path, records: int, images: int) -> None:
     from journalstore import ImageStore
 
     with ImageStore(path, fsync="never", actor="audit-scale") as store:
@@ -86,6 +116,26 @@ def build(path: Path, records: int, images: int) -> None:
                 print(f"  built {i:,} records ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
 
+def log_ref(path: Path, ref: str) -> dict[str, Any]:
+    """`journalstore log REF` as a whole process: interpreter start, open, walk, print."""
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "journalstore", "--root", str(path), "log", ref],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        "what": "log-ref",
+        "seconds": time.perf_counter() - start,
+        "count": len(out.splitlines()),
+        "records": 0,
+        "rss_before_kib": 0,
+        "rss_open_kib": 0,
+        "rss_peak_kib": 0,
+    }
+
+
 def probe(path: Path, what: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", PROBE, str(path), what], capture_output=True, text=True, check=True
@@ -104,11 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.dir, exist_ok=True)
     build(path, args.records, args.images)
     results = []
-    for what in ("history", "history-one", "at-middle", "at-last"):
-        r = probe(path, what)
+    whats = (
+        "history",
+        "history-one",
+        "history-one-id",
+        "history-one-past-name",
+        "at-big-data",
+        "log-ref",
+        "at-middle",
+        "at-last",
+    )
+    for what in whats:
+        r = log_ref(path, "app-11:v1") if what == "log-ref" else probe(path, what)
         results.append(r)
         print(
-            f"{what:<12} {r['seconds']:8.2f} s  over {r['records']:,} records ({r['count']:,} items)  "
+            f"{what:<22} {r['seconds'] * 1000:10.1f} ms  over {r['records']:,} records ({r['count']:,} items)  "
             f"peak RSS {r['rss_peak_kib'] / 1024:.0f} MiB (after open {r['rss_open_kib'] / 1024:.0f} MiB)"
         )
     print(json.dumps(results))

@@ -476,6 +476,9 @@ def _load(values: Any) -> str:
     return " ".join(f"{v:.2f}" for v in values) if values else "?"
 
 
+AUDIT_MARKER = "<!-- audit-scale: written by hand from benchmarks/audit_scale.py; kept by the harness -->"
+
+
 def results_markdown(results: Results, png_name: str | None) -> str:
     """The whole RESULTS.md."""
     meta = results.meta
@@ -535,6 +538,12 @@ def write_all(results: Results, out: Path, results_md: Path | None) -> dict[str,
             png_name = "results.png"
             shutil.copyfile(png, results_md.parent / png_name)
             written["results_png"] = results_md.parent / png_name
-        results_md.write_text(results_markdown(results, png_name))
+        # A section measured by another script (benchmarks/audit_scale.py) is kept as it is.
+        kept = ""
+        if results_md.exists():
+            previous = results_md.read_text()
+            if AUDIT_MARKER in previous:
+                kept = "\n" + AUDIT_MARKER + previous.split(AUDIT_MARKER, 1)[1]
+        results_md.write_text(results_markdown(results, png_name) + kept)
         written["results_md"] = results_md
     return written

@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from . import events as ev
+from . import history_index as hx
 from . import journal as jn
 from . import replay
 from . import snapshot as snap
+from .blobs import Blobs, blob_digest
 from .errors import (
     BigDataNotKept,
     BigDataUnknown,
@@ -152,10 +154,12 @@ class Journal:
         until: int | datetime | None = None,
         kinds: Iterable[str] | None = None,
         current: Callable[[str], Image | None] | None = None,
+        index: hx.HistoryIndex | None = None,
     ) -> Iterator[Event]:
         """Events oldest first, optionally of one image (by ID, current name or a past name).
 
-        An image's history includes events on other images that took one of its names.
+        An image's history includes events on other images that took one of its names. With the
+        store's history `index`, one image's history is a walk of its own records.
         """
         since_seq, since_ns = _bound(since, "since")
         until_seq, until_ns = _bound(until, "until")
@@ -174,6 +178,8 @@ class Journal:
                     stacklevel=3,
                 )
             source = self._all_events(since_seq)
+        elif index is not None:
+            source = self._linked_events(self.resolve(ref, current, index), index, since_seq, first)
         else:
             source = self._image_events(self.resolve(ref, current))
         for event in source:
@@ -193,14 +199,32 @@ class Journal:
         for rec in self.records(since_seq):
             yield from _events_of(rec)
 
-    def resolve(self, ref: str, current: Callable[[str], Image | None] | None = None) -> str:
+    def resolve(
+        self, ref: str, current: Callable[[str], Image | None] | None = None, index: hx.HistoryIndex | None = None
+    ) -> str:
         """The image a reference means: the current one, else the last that had that ID or name."""
         if not isinstance(ref, str):
             raise TypeError(f"image reference must be a string, not {type(ref).__name__}")
+        if index is not None:
+            # Exact answers first: the index holds the last holder of every name (so the current
+            # one of a name held now) and every image ever touched. A name that is not hex cannot
+            # be an ID prefix, so the current store (and its prefix index) need not be asked.
+            if ref in index.last:
+                return ref
+            holder = index.names.get(ref)
+            if holder is not None and not _hexish(ref):
+                return holder
         if current is not None:
             image = current(ref)
             if image is not None:
                 return image.id
+        if index is not None:
+            holder = index.names.get(ref)
+            if holder is not None:
+                return holder
+            first = self.first_seq() + 1
+            if index.origin <= first and index.chain_from <= first:  # it has seen every record kept
+                raise ImageUnknown(f"no image was ever known as {ref!r} in the journal of {self.root}")
         found: str | None = None
         base = self._base_of_oldest()
         if base is not None:
@@ -230,7 +254,35 @@ class Journal:
         segs = self.segments()
         return replay.base_state(self.disk, self.dir, segs[0], True) if segs else None
 
-    def _image_events(self, image_id: str) -> Iterator[Event]:
+    def _linked_events(
+        self, image_id: str, index: hx.HistoryIndex, since_seq: int | None, first: int
+    ) -> Iterator[Event]:
+        """The image's events by walking its records' back-pointers from the newest; records of
+        format 1 (before any link) are found by a scan of the journal before the links start."""
+        reader = hx.ChainReader(self.disk, self.dir)
+        try:
+            found = hx.walk(
+                reader,
+                index.last.get(image_id),
+                image_id,
+                first_seq=first,
+                chain_from=index.chain_from,
+                since_seq=since_seq,
+            )
+        finally:
+            reader.close()
+        if found.broken:  # a link led nowhere (a segment cut or pruned under us): scan instead
+            yield from self._image_events(image_id)
+            return
+        if found.scan_below and (since_seq is None or since_seq < found.scan_below):
+            yield from self._image_events(image_id, until_seq=found.scan_below - 1)
+        for linked in reversed(found.records):
+            if linked.events:
+                events = list(_events_of(linked.record))
+                for position in linked.events:
+                    yield events[position]
+
+    def _image_events(self, image_id: str, until_seq: int | None = None) -> Iterator[Event]:
         """Replay from the oldest snapshot, yielding every event that changed this image."""
         segs = self.segments()
         state = replay.base_state(self.disk, self.dir, segs[0], True)
@@ -241,6 +293,8 @@ class Journal:
                 offset=0,
             )
         for rec in replay.records(self.disk, self.dir, segs[0]):
+            if until_seq is not None and state.seq >= until_seq:
+                return
             if rec.body.get("seq") != state.seq + 1:
                 replay.apply_record(state, rec)  # raises JournalCorrupt with the offset
             events = rec.body.get("events", ())
@@ -300,6 +354,10 @@ class Journal:
         return state
 
 
+def _hexish(ref: str) -> bool:
+    return all(c in "0123456789abcdef" for c in ref)
+
+
 def _kinds(kinds: Iterable[str]) -> list[str]:
     if isinstance(kinds, str):
         kinds = [kinds]
@@ -344,12 +402,14 @@ class StoreView(StateReads):
         time: datetime | None,
         current: Callable[[str], Image | None],
         read: Callable[[str, str], bytes],
+        past: PastBytes | None = None,
     ) -> None:
         self._state = state
         self.seq = state.seq
         self.time = time
         self._current = current
         self._read = read
+        self._past = past
 
     def __repr__(self) -> str:
         return f"<StoreView at record {self.seq}: {len(self._state)} images>"
@@ -380,6 +440,8 @@ class StoreView(StateReads):
             or now.big_data_digests.get(key) != image.big_data_digests[key]
             or now.big_data_sizes.get(key) != image.big_data_sizes.get(key)
         ):
+            if self._past is not None:
+                return self._past.bytes_of(image, key, self.seq)
             raise BigDataNotKept(
                 f"the bytes of big-data item {key!r} of image {image.id} as of record {self.seq} were "
                 "overwritten or deleted since; the journal keeps only their size and digest "
@@ -393,6 +455,77 @@ class StoreView(StateReads):
     create = set_names = add_names = remove_names = delete = wipe = _read_only
     set_metadata = set_flag = clear_flag = set_big_data = _read_only
     add_mapped_top_layer = remove_mapped_top_layer = garbage_collect = compact = batch = _read_only
+
+
+class PastBytes:
+    """Big-data bytes an overwrite or a delete replaced, from the blobs the writer kept."""
+
+    def __init__(self, journal: Journal, blobs: Blobs, index: hx.HistoryIndex | None) -> None:
+        self._journal = journal
+        self._blobs = blobs
+        self._index = index
+
+    def bytes_of(self, image: Image, key: str, seq: int) -> bytes:
+        digest = image.big_data_digests[key]
+        size = image.big_data_sizes.get(key)
+        data = self._blobs.read(digest)  # the common case: the recorded digest is the bytes' sha256
+        if data is not None and (size is None or len(data) == size):
+            return data
+        replacer = self._replacer(image.id, key, seq)
+        if replacer is not None:
+            for entry in replacer.body.get("kept", ()):
+                if entry[0] == image.id and entry[1] == key:
+                    data = self._blobs.read(str(entry[2]))
+                    if data is not None:
+                        return data
+        raise BigDataNotKept(self._why(image, key, seq, replacer))
+
+    def _replacer(self, image_id: str, key: str, seq: int) -> jn.Record | None:
+        """The first record after `seq` that overwrote the item or deleted the image."""
+        index = self._index
+        if index is None:
+            return None
+        found: jn.Record | None = None
+        reader = hx.ChainReader(self._journal.disk, self._journal.dir)
+        try:
+            for rec in hx.linked_records(reader, index.last.get(image_id), image_id):
+                if rec.seq <= seq:
+                    break
+                for event in rec.body.get("events", ()):
+                    op = event.get("op")
+                    if event.get("id") == image_id and (
+                        op == ev.DELETE or (op == ev.SET_BIG_DATA and event.get("key") == key)
+                    ):
+                        found = rec
+        finally:
+            reader.close()
+        return found
+
+    def _why(self, image: Image, key: str, seq: int, replacer: jn.Record | None) -> str:
+        what = (
+            f"the bytes of big-data item {key!r} of image {image.id} as of record {seq} "
+            f"({image.big_data_sizes.get(key)} bytes, {image.big_data_digests[key]})"
+        )
+        first = self._journal.first_seq()
+        if replacer is None and first >= seq:
+            segs = self._journal.segments()
+            journal = self._journal
+            created = int(replay.header(journal.disk, journal.dir, segs[0]).get("created", 0)) if segs else 0
+            return (
+                f"{what} were overwritten or deleted after it; journal retention has dropped them with the record "
+                f"that replaced them: history now starts at record {first + 1} (segment {segs[0] if segs else '-'}, "
+                f"started {_utc(created).isoformat().replace('+00:00', 'Z')})"
+            )
+        if replacer is None:
+            return f"{what} were overwritten or deleted since and are not kept"
+        when = _utc(int(replacer.body.get("time", 0))).isoformat().replace("+00:00", "Z")
+        since = f"were overwritten or deleted by record {replacer.seq} ({when})"
+        if "chain" not in replacer.body:
+            return f"{what} {since}, written by a version of journalstore that kept no past bytes"
+        return (
+            f"{what} {since}; journal retention has dropped them since (history now starts at record "
+            f"{first + 1})"
+        )
 
 
 # ---------------------------------------------------------------------- verify and repair
@@ -410,6 +543,7 @@ class VerifyReport:
     last_seq: int = 0
     problems: list[str] = field(default_factory=list)
     damage: list[tuple[int, int]] = field(default_factory=list)  # (segment, offset)
+    blobs: int = 0  # kept past big-data bytes checked against their digests
 
     @property
     def ok(self) -> bool:
@@ -426,6 +560,7 @@ class VerifyReport:
             "last_seq": self.last_seq,
             "problems": self.problems,
             "damage": [{"segment": s, "offset": o} for s, o in self.damage],
+            "blobs_checked": self.blobs,
         }
 
 
@@ -504,6 +639,7 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
         report.bytes += sizes[number]
         if progress is not None:
             progress(done, total)
+    verify_blobs(report, Blobs(disk, journal.dir, False))
     for seq, numbers in checks.items():
         for number in numbers:
             report.problems.append(f"segment {number} starts after record {seq}, which replay never reached")
@@ -515,6 +651,19 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
             "or a compaction did not finish publishing it)"
         )
     return report
+
+
+def verify_blobs(report: VerifyReport, blobs: Blobs) -> None:
+    """Every kept past big-data blob must hash to the digest it is named by."""
+    for digest, path in blobs.listing():
+        report.blobs += 1
+        try:
+            data = blobs.disk.read_file(path)
+        except OSError as exc:
+            report.problems.append(f"blob {digest}: cannot be read ({exc})")
+            continue
+        if blob_digest(data) != digest:
+            report.problems.append(f"blob {path}: its bytes do not match its digest {digest}")
 
 
 def _images_json_matches(disk: Disk, root: str, reference: Mapping[str, Any]) -> bool:

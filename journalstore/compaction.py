@@ -18,14 +18,24 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from . import failpoints
+from . import failpoints, history_index
 from . import journal as jn
 from . import publication as pub
 from . import snapshot as snap
 from .errors import JournalCorrupt, StoreWarning
+from .history_index import HistoryIndex
 from .layout import journal_file_segment
 from .live import Live
 from .record import Image
+
+
+def jn_header(disk: Any, journal_dir: str, segment: int) -> dict[str, Any]:
+    fd = disk.open(os.path.join(journal_dir, jn.segment_name(segment)), os.O_RDONLY)
+    try:
+        return jn.read_segment_header(disk, fd, segment)[0]
+    finally:
+        disk.close(fd)
+
 
 DEFAULT_COMPACT_EVERY = 100_000
 MIN_COMPACT_EVENTS = 10_000  # a small store's journal: a few MiB, replayed in tens of ms
@@ -40,6 +50,7 @@ class Plan(NamedTuple):
     seq: int
     segment: int
     offset: int
+    history: HistoryIndex | None = None  # the history index at `seq`, saved as the snapshot's sidecar
 
 
 class Staged(NamedTuple):
@@ -50,6 +61,7 @@ class Staged(NamedTuple):
     size: int
     tmp: str
     twin_tmp: str
+    index_tmp: str = ""  # the history-index sidecar ('' if none was written)
 
 
 class Compactor:
@@ -103,7 +115,8 @@ class Compactor:
         assert cursor is not None
         state = live.state
         images = [image for image in state.images.values() if image is not None]
-        return Plan(images, state.digest_orders(), state.seq, cursor.segment, cursor.offset)
+        index = None if live.index is None else live.index.copy()
+        return Plan(images, state.digest_orders(), state.seq, cursor.segment, cursor.offset, index)
 
     # ------------------------------------------------------------------ in the background
 
@@ -178,7 +191,10 @@ class Compactor:
             self._disk.write_file(twin + suffix, twin_data, sync=False)
         except OSError as exc:
             warnings.warn(f"could not write {twin}: {exc}", StoreWarning, stacklevel=4)
-        return Staged(archive, digest, len(data), tmp, twin + suffix)
+        index_tmp = ""
+        if plan.history is not None:
+            index_tmp = history_index.stage(self._disk, journal_dir, segment, plan.history, digest)
+        return Staged(archive, digest, len(data), tmp, twin + suffix, index_tmp)
 
     def install(self, plan: Plan, staged: Staged) -> dict[str, Any]:
         """Rename a staged snapshot into place (lock held, segment `plan.segment` not rotated);
@@ -197,6 +213,9 @@ class Compactor:
         except OSError as exc:  # best effort: a missing twin only makes a cold open parse JSON
             if disk.exists(staged.twin_tmp):
                 warnings.warn(f"could not write {twin}: {exc}", StoreWarning, stacklevel=4)
+        if staged.index_tmp:  # best effort too: without it, older history is found by a scan
+            with contextlib.suppress(OSError):
+                disk.rename(staged.index_tmp, os.path.join(journal_dir, history_index.sidecar_name(plan.segment + 1)))
         return {
             "file": staged.archive,
             "xxh3": staged.digest,
@@ -206,7 +225,9 @@ class Compactor:
         }
 
     def discard(self, staged: Staged) -> None:
-        for path in (staged.tmp, staged.twin_tmp):
+        for path in (staged.tmp, staged.twin_tmp, staged.index_tmp):
+            if not path:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 self._disk.unlink(path)
 
@@ -334,4 +355,14 @@ class Compactor:
                 removed.append(name)
         if removed and self._layout.sync:
             disk.fsync_dir(journal_dir)
+        self.prune_blobs()
         return removed
+
+    def prune_blobs(self) -> list[str]:
+        """Remove the kept past bytes no retained record kept (lock held)."""
+        index = self._live.index
+        segs = self._layout.segments()
+        if index is None or not segs:
+            return []
+        first = int(jn_header(self._disk, self._layout.journal_dir, segs[0]).get("base_seq", 0))
+        return self._live.blobs.prune(index.blobs, index.origin, first)

@@ -19,6 +19,7 @@ NAMES = (
     "append-torn-write",
     "append-before-sync",
     "append-after-sync",
+    "bigdata-after-keep",
     "commit-after-append",
     "bigdata-after-prepare",
     "bigdata-after-stage",

@@ -21,7 +21,8 @@ from .errors import JournalCorrupt
 from .fsio import Disk
 
 SEGMENT_MAGIC = b"JSTORSEG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: commit records carry history links (docs/journal-format.md)
+READABLE_VERSIONS = (1, 2)
 SEGMENT_HEADER = struct.Struct("<8sHHIQ")  # magic, version, flags, meta length, meta xxh3-64
 FRAME_MAGIC = b"\xabJR\x01"
 FRAME_HEADER = struct.Struct("<4sIQ")  # magic, payload length, payload xxh3-64
@@ -112,7 +113,7 @@ def decode_segment_header(data: bytes, segment: int) -> tuple[dict[str, Any], in
     magic, version, _flags, size, digest = SEGMENT_HEADER.unpack_from(data)
     if magic != SEGMENT_MAGIC:
         raise JournalCorrupt(f"segment {segment}: not a journal segment (bad magic)", segment=segment, offset=0)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise JournalCorrupt(
             f"segment {segment}: format version {version} is not supported (this is {FORMAT_VERSION})",
             segment=segment,

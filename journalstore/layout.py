@@ -29,9 +29,10 @@ CONTAINERS_STORAGE_LOCK = "storage.lock"  # in the root whose <driver>-images/ a
 
 
 def journal_file_segment(name: str) -> int | None:
-    """The segment a journal-directory file belongs to (segment, its .broken copies, its snapshot)."""
+    """The segment a journal-directory file belongs to (segment, its .broken copies, its snapshot,
+    the snapshot's history-index sidecar)."""
     head = name.split(".", 1)[0]
-    for prefix in ("segment-", "snapshot-"):
+    for prefix in ("segment-", "snapshot-", "history-"):
         if head.startswith(prefix) and head[len(prefix) :].isdigit():
             return int(head[len(prefix) :])
     return None

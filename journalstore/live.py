@@ -19,7 +19,9 @@ from typing import Any
 
 from . import journal as jn
 from .bigdata import BigDataFiles
+from .blobs import Blobs
 from .errors import StoreIsReadOnly, StoreWarning
+from .history_index import HistoryIndex
 from .layout import Layout
 from .locking import WriterLock, hold_read_lock
 from .publication import LAST_WRITER_SIZE, MARK_SIZE, Encoder, Mark
@@ -42,6 +44,8 @@ class Live:
         self.lock: WriterLock | None = None
         self.cursor: jn.Cursor | None = None
         self.state = State(read_only)
+        self.index: HistoryIndex | None = None  # heads of the image chains, as of state.seq
+        self.blobs = Blobs(layout.disk, layout.journal_dir, layout.sync)
         self.read_only = read_only
         self.read_only_reason = "the store was opened read-only"
         self.segment_events = 0  # events in the current segment, for the compaction threshold

@@ -16,7 +16,7 @@ import warnings
 from typing import Any
 
 from . import events as ev
-from . import foreign, replay
+from . import foreign, history_index, replay
 from . import journal as jn
 from . import publication as pub
 from . import snapshot as snap
@@ -104,6 +104,7 @@ def initialize(live: Live) -> None:
         cursor = jn.Cursor(disk, layout.journal_dir, 1, writable=True)
         try:
             body = live.record_body(1, [import_event])
+            body["chain"] = 1  # the first record: nothing before it to link to
             cursor.append(jn.encode_frame(jn.pack(body)), sync=live.sync)
         finally:
             cursor.close()
@@ -155,6 +156,7 @@ def _load_journal(live: Live, locked: bool) -> None:
                 "and no older segment remains to rebuild it from"
             )
         start, state = found
+        reference = replay.header(disk, journal_dir, start).get("snapshot") or {}
         warnings.warn(
             f"{live.path}: the snapshot of segment {newest} is damaged; rebuilt the state by replaying "
             f"the journal from segment {start}",
@@ -165,6 +167,8 @@ def _load_journal(live: Live, locked: bool) -> None:
     else:
         state.seq = int(meta.get("base_seq", 0))
     live.state = state
+    index = history_index.load(disk, journal_dir, start, reference, state.seq)
+    live.index = index if index is not None else history_index.HistoryIndex.fresh(state)
     live.segment_events = 0
     if live.cursor is not None:
         live.cursor.close()
@@ -416,7 +420,7 @@ def catch_up(live: Live) -> bool:
             segment = cursor.segment
             live.segment_events = 0
         try:
-            replay.apply_record(live.state, rec)
+            replay.apply_record(live.state, rec, live.index)
         except BaseException:
             cursor.rewind(rec)  # never step over a record that did not apply
             raise
@@ -457,6 +461,7 @@ def repair(live: Live, compactor: Compactor) -> None:
     if not live.repaired:
         live.files.clean_staging(sync=live.sync)
         live.layout.remove_dead_temporaries()
+        live.blobs.remove_temporaries()
         live.repaired = True
     live.needs_repair = False
 

@@ -17,6 +17,7 @@ from . import journal as jn
 from . import snapshot as snap
 from .errors import EventError, JournalCorrupt
 from .fsio import Disk
+from .history_index import HistoryIndex
 from .reducer import State, apply
 
 
@@ -107,8 +108,10 @@ def nearest_base(disk: Disk, journal_dir: str, seq: int, read_only: bool = True)
     return None
 
 
-def apply_record(state: State, rec: jn.Record) -> None:
-    """Apply one commit record to a state, all or nothing; JournalCorrupt if it cannot apply."""
+def apply_record(state: State, rec: jn.Record, index: HistoryIndex | None = None) -> None:
+    """Apply one commit record to a state, all or nothing; JournalCorrupt if it cannot apply.
+
+    With `index`, the history index (the heads of the image chains) takes the record in too."""
     body = rec.body
     seq = body.get("seq")
     events = body.get("events")
@@ -137,6 +140,8 @@ def apply_record(state: State, rec: jn.Record) -> None:
             offset=rec.offset,
         ) from None
     state.seq = seq
+    if index is not None:
+        index.note(state, body, rec.segment, rec.offset)
 
 
 def records(disk: Disk, journal_dir: str, segment: int) -> Iterator[jn.Record]:

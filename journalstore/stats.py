@@ -10,6 +10,8 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+from .blobs import Blobs
+from .fsio import DEFAULT_DISK
 from .journal import parse_segment_name
 from .layout import JOURNAL_DIR
 from .snapshot import IMAGES_JSON
@@ -47,6 +49,11 @@ def store_stats(store: ImageStore) -> dict[str, Any]:
         st = os.stat(os.path.join(store.path, IMAGES_JSON))
         snapshot = {"file": IMAGES_JSON, "bytes": st.st_size, "modified": _utc_text(st.st_mtime)}
     position = store.position
+    blob_count = blob_bytes = 0
+    for _digest, path in Blobs(DEFAULT_DISK, os.path.join(store.path, JOURNAL_DIR), False).listing():
+        with contextlib.suppress(FileNotFoundError):
+            blob_bytes += os.stat(path).st_size
+            blob_count += 1
     return {
         "root": store.path,
         "images": len(images),
@@ -58,5 +65,7 @@ def store_stats(store: ImageStore) -> dict[str, Any]:
         "records": store.seq,
         "journal_bytes": sum(size for _, size in segments),
         "last_snapshot": snapshot,
+        "kept_blobs": blob_count,  # past big-data bytes kept for history (journal/blobs)
+        "kept_blob_bytes": blob_bytes,
         "position": {"segment": position.segment, "offset": position.offset},
     }

@@ -21,11 +21,12 @@ from typing import Any, Literal
 from . import events as ev
 from . import journal as jn
 from . import mutations, opening
-from .audit import Event, Follower, Journal, StoreView, VerifyReport, verify
+from .audit import Event, Follower, Journal, PastBytes, StoreView, VerifyReport, verify
 from .bigdata import check_key, sha256_digest
 from .compaction import DEFAULT_COMPACT_BYTES, DEFAULT_COMPACT_EVERY, MIN_COMPACT_EVENTS, Compactor
 from .errors import BigDataUnknown, SizeUnknown, StoreError, StoreWarning
 from .fsio import DEFAULT_DISK, Disk
+from .history_index import HistoryIndex
 from .layout import JOURNAL_DIR, LOCK_FILE, Layout
 from .live import Live
 from .reads import StateReads
@@ -510,21 +511,25 @@ class ImageStore(StateReads):
         `since`/`until` take a sequence number or a datetime (inclusive). With `ref`, only the
         events of that image, which may be asked for by its ID or any name it once had.
         """
-        return self._journal().history(ref, since=since, until=until, kinds=kinds, current=self._lookup_now)
+        journal = self._journal()
+        index = self._caught_up_index() if ref is not None else None
+        return journal.history(ref, since=since, until=until, kinds=kinds, current=self._lookup_now, index=index)
 
     def at(self, when: int | datetime) -> StoreView:
         """A read-only view of the store right after record `when` (or the last record at or
         before a datetime)."""
         if isinstance(when, bool) or not isinstance(when, int | datetime):
             raise TypeError(f"at() takes a sequence number or a datetime, not {type(when).__name__}")
-        state = self._journal().state_at(when)
+        journal = self._journal()
+        state = journal.state_at(when)
         moment = when if isinstance(when, datetime) else None
-        return StoreView(state, moment, self._current_by_id, self._live.files.read)
+        past = PastBytes(journal, self._live.blobs, self._caught_up_index())
+        return StoreView(state, moment, self._current_by_id, self._live.files.read, past)
 
     def image_id_of(self, ref: str) -> str:
         """The ID a reference means for history: the current image, else the last image that had
         that ID or name (ImageUnknown if none ever did)."""
-        return self._journal().resolve(ref, self._lookup_now)
+        return self._journal().resolve(ref, self._lookup_now, self._caught_up_index())
 
     def follow(self, after_seq: int | None = None) -> Follower:
         """Events appended after record `after_seq` (default: now), polled with `.poll()`."""
@@ -540,6 +545,13 @@ class ImageStore(StateReads):
     def history_start(self) -> int:
         """The first sequence number whose event is still in the journal (after pruning)."""
         return self._journal().first_seq() + 1
+
+    def _caught_up_index(self) -> HistoryIndex | None:
+        """The history index, caught up with the journal (None outside a transaction-free read)."""
+        with self._mutex:
+            if self._tx.txn is None:
+                opening.catch_up(self._live)
+            return self._live.index
 
     def _lookup_now(self, ref: str) -> Image | None:
         with self._mutex:

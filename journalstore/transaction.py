@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from . import failpoints, foreign, opening
+from . import failpoints, foreign, history_links, opening
 from . import journal as jn
 from . import publication as pub
 from .bigdata import Planned, Write
@@ -34,7 +34,7 @@ THREAD_WAIT = 0.05  # seconds; a waiter re-checks the lock at least this often
 class Txn:
     """What one write transaction (a single call or a whole batch) has done so far."""
 
-    __slots__ = ("events", "pending", "removed", "stale", "state", "writes")
+    __slots__ = ("events", "notes", "pending", "removed", "stale", "state", "writes")
 
     def __init__(self, state: State) -> None:
         self.state = state  # the state the events are applied to (with an undo log)
@@ -43,11 +43,15 @@ class Txn:
         self.pending: dict[tuple[str, str], bytes] = {}  # big data not yet on disk, for reads
         self.removed: list[str] = []  # images deleted: their directories go after the commit
         self.stale: list[str] = []  # explicit IDs created over a leftover directory
+        self.notes: list[history_links.Note] = []  # what each event does to history (history_links)
 
     def emit(self, event: Mapping[str, Any]) -> None:
         """Apply an event to the state (undoable) and queue it for the transaction's record."""
+        note = history_links.before(self, event)
         apply(self.state, event)
         self.events.append(event)
+        if note is not None:
+            self.notes.append(note)
 
 
 class Transactions:
@@ -262,7 +266,9 @@ class Transactions:
             state.commit()
             return
         seq = state.seq + 1
-        payload = jn.pack(live.record_body(seq, txn.events, writer))
+        body = live.record_body(seq, txn.events, writer)
+        body.update(history_links.record_fields(live, txn, seq))
+        payload = jn.pack(body)
         if len(payload) > jn.MAX_FRAME:
             raise RecordTooLarge(
                 f"this change would make a journal record of {len(payload)} bytes "
@@ -290,17 +296,23 @@ class Transactions:
                     files.undo(seq, prepare["files"])
                 cursor.truncate(before, sync=live.sync)
                 raise
-            self._keep(txn, seq, planned)  # the record is in the journal: it counts
+            self._keep(txn, seq, planned, body, end - len(frame))  # the record is in the journal: it counts
             raise
-        self._keep(txn, seq, planned)
+        self._keep(txn, seq, planned, body, end - len(frame))
 
-    def _keep(self, txn: Txn, seq: int, planned: list[Planned] | None) -> None:
-        """The record of `txn` is in the journal: keep its events, then clean up after it.
+    def _keep(
+        self, txn: Txn, seq: int, planned: list[Planned] | None, body: Mapping[str, Any], offset: int
+    ) -> None:
+        """The record of `txn` (its frame at `offset`) is in the journal: keep its events, then
+        clean up after it.
 
         Nothing after this point may make the call fail: what cleanup leaves behind is reported
         as a StoreWarning and removed by garbage_collect() or the next repair.
         """
         live = self._live
+        cursor = live.cursor
+        assert cursor is not None
+        history_links.committed(live, body, cursor.segment, offset)
         live.state.seq = seq
         live.state.commit()
         live.segment_events += len(txn.events)

@@ -59,3 +59,24 @@ def lookup_id(store: Any, ref: str) -> str | None:
     except ImageUnknown:
         return None
     return str(image.id)
+
+
+def history_problems(store: Any, limit: int = 6) -> list[str]:
+    """What is wrong with a store's history index: each image's history found by walking its
+    records' back-pointers must equal the one a full replay of the journal finds (checked for up
+    to `limit` images, deleted ones included), and every kept past big-data blob must match its
+    digest (verify checks them)."""
+    from journalstore.audit import Journal
+    from journalstore.fsio import DEFAULT_DISK
+
+    journal = Journal(DEFAULT_DISK, str(store.path))
+    ids = sorted({e.image_id for e in store.history() if e.image_id})
+    problems: list[str] = []
+    for image_id in ids[:limit]:
+        linked = [(e.seq, e.kind, e.image_id) for e in store.history(image_id)]
+        scanned = [(e.seq, e.kind, e.image_id) for e in journal.history(image_id)]
+        if linked != scanned:
+            problems.append(f"history of {image_id[:12]}: linked {linked} != scanned {scanned}")
+    report = store.verify()
+    problems += [f"verify: {p}" for p in report.problems]
+    return problems

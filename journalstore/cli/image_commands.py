@@ -339,6 +339,12 @@ def _key_args(p: argparse.ArgumentParser) -> None:
 
 def _get_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--file", metavar="FILE", default=None, help="write the data to FILE instead of stdout")
+    p.add_argument(
+        "--at",
+        metavar="WHEN",
+        default=None,
+        help="the bytes the item had right after this record or at this time (see 'log'), kept by the journal",
+    )
     _key_args(p)
 
 
@@ -349,12 +355,20 @@ def _get_data_args(p: argparse.ArgumentParser) -> None:
     args=_get_data_args,
     summary="Get data that is attached to an image",
     example="journalstore get-image-data -f manifest.json 3a57aedd manifest",
-    description="Writes the item's bytes, unchanged, to stdout or FILE. --json prints "
+    description="Writes the item's bytes, unchanged, to stdout or FILE; with --at, the bytes it had then "
+    "(kept by the journal after an overwrite or a delete, as long as retention keeps the record). --json prints "
     "{id, key, size, digest, file, data_base64} instead (data_base64 is null when -f is given).",
 )
 def cmd_get_image_data(s: Session, a: argparse.Namespace) -> int:
-    image = s.store.get(a.ref)
-    data = s.store.big_data(image.id, a.key)
+    if a.at is not None:
+        from .audit_commands import parse_when
+
+        view = s.store.at(parse_when(a.at))
+        image = view.get(a.ref)
+        data = view.big_data(image.id, a.key)
+    else:
+        image = s.store.get(a.ref)
+        data = s.store.big_data(image.id, a.key)
     if a.file is not None:
         with open(a.file, "wb") as f:
             f.write(data)

@@ -33,6 +33,7 @@ def _stats_lines(s: Session, stats: dict[str, Any]) -> None:
     s.line(f"Segments: {stats['segments']}")
     s.line(f"Records: {stats['records']}")
     s.line(f"Journal bytes: {stats['journal_bytes']}")
+    s.line(f"Kept past bytes: {plural(stats['kept_blobs'], 'blob')}, {stats['kept_blob_bytes']} bytes")
     snapshot = stats["last_snapshot"]
     if snapshot is None:
         s.line("Last snapshot: none")

@@ -19,7 +19,7 @@ After each kill:
   (verify()'d every 25 trials and at the end: checksums, and every snapshot equal to the replay
   of the journal up to it); the other trials each start a fresh store.
 
-Short (make test): 34 trials, two at a time, about 10 s. Stress: 1,020 trials, about 5 min.
+Short (make test): two trials per failpoint (36), two at a time, about 10 s. Stress: 1,020 trials, about 5 min.
 A failing lane's store and the child logs are copied to $TMPDIR/journalstore-kill9-failures.
 A trial on a fresh store is replayed with the seed (and failpoint) its message prints:
 JOURNALSTORE_KILL9_SEED=<seed> JOURNALSTORE_KILL9_FAILPOINT=<name> pytest tests/reliability/test_kill9.py
@@ -47,7 +47,7 @@ from typing import Any
 
 from journalstore import ImageStore, StoreWarning, failpoints
 
-from ..helpers import tree_bytes
+from ..helpers import history_problems, tree_bytes
 from ..model import ImageModel, diff_snapshots, sha256_of, snapshot_of_store
 from .conftest import STRESS, scale
 from .ops import FIXED_DIGESTS, Op, run
@@ -273,6 +273,9 @@ def _verify(lane: Lane) -> int:
     with ImageStore(lane.path, read_only=True) as store:
         report = store.verify()
         assert report.ok, f"{lane.path.name}: verify() found {report.problems}"
+        # history complete (each image's linked history equals a full replay), blobs matching
+        problems = history_problems(store)
+        assert not problems, f"{lane.path.name}: {problems}"
         seqs = [e.seq for e in store.history()]
         assert seqs == sorted(seqs) and (not seqs or set(seqs) == set(range(seqs[0], seqs[-1] + 1)))
         return store.seq
