@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from . import failpoints, history_index
+from . import failpoints, history_index, replay
 from . import journal as jn
 from . import publication as pub
 from . import snapshot as snap
@@ -27,15 +27,6 @@ from .history_index import HistoryIndex
 from .layout import journal_file_segment
 from .live import Live
 from .record import Image
-
-
-def jn_header(disk: Any, journal_dir: str, segment: int) -> dict[str, Any]:
-    fd = disk.open(os.path.join(journal_dir, jn.segment_name(segment)), os.O_RDONLY)
-    try:
-        return jn.read_segment_header(disk, fd, segment)[0]
-    finally:
-        disk.close(fd)
-
 
 DEFAULT_COMPACT_EVERY = 100_000
 MIN_COMPACT_EVENTS = 10_000  # a small store's journal: a few MiB, replayed in tens of ms
@@ -364,5 +355,5 @@ class Compactor:
         segs = self._layout.segments()
         if index is None or not segs:
             return []
-        first = int(jn_header(self._disk, self._layout.journal_dir, segs[0]).get("base_seq", 0))
+        first = int(replay.header(self._disk, self._layout.journal_dir, segs[0]).get("base_seq", 0))
         return self._live.blobs.prune(index.blobs, index.origin, first)

@@ -9,8 +9,8 @@ history index takes the record in like any reader would.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from . import events as ev
 from .blobs import Replaced
@@ -18,7 +18,20 @@ from .history_index import touched, victims
 
 if TYPE_CHECKING:
     from .live import Live
-    from .transaction import Txn
+    from .reducer import State
+
+
+class Txn(Protocol):
+    """What this module reads of a transaction (transaction.Txn), without importing it."""
+
+    @property
+    def state(self) -> State: ...
+    @property
+    def events(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def notes(self) -> list[Note]: ...
+    @property
+    def pending(self) -> dict[tuple[str, str], bytes]: ...
 
 
 class Note(NamedTuple):
