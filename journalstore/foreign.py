@@ -422,3 +422,4 @@ def overlay(live: Live, lock: pub.LockBytes) -> None:
         raise
     state.commit()
     live.overlay = True
+    live.encoder.reset()  # the state changed behind its back

@@ -425,6 +425,7 @@ def catch_up(live: Live) -> bool:
             cursor.rewind(rec)  # never step over a record that did not apply
             raise
         live.segment_events += len(rec.body["events"])
+        live.encoder.touched(rec.body["events"])
         applied = True
     if cursor.segment != segment:
         live.segment_events = 0

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -95,32 +96,79 @@ def digest(data: bytes) -> int:
 
 
 class Encoder:
-    """images.json bytes, re-encoding only the records that changed since the last call.
+    """images.json bytes, kept up to date record by record: O(change) Python work per call.
 
-    Records are immutable, so a record object seen before has the same encoding; the rest of the
-    work is joining the cached bytes (O(n) bytes, no Python work per unchanged image).
+    The encoded records are kept in a dict in the state's order (creation order: an update keeps
+    its place, a new record goes last, a deleted one leaves), and the callers name the images
+    each applied record touched (`touched`). Anything the encoder was not told about (a state
+    replaced by a reload, a merge in memory) makes it start over from the state (`reset`).
+    What is left per call is joining the cached bytes: C work over O(n) bytes, as writing them is.
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[Image, bytes]] = {}
+        self._parts: dict[str, bytes] = {}
+        self._images: dict[str, Image] = {}
+        self._state: State | None = None  # the state the parts mirror (None: not started)
+        self._dirty: set[str] | None = None  # images touched since the last call; None: all
 
-    def encode(self, images: State) -> bytes:
-        """The images.json bytes of these records, in order (byte for byte `snapshot.encode`);
-        `images` is iterated twice at most (a State is)."""
-        cache = self._cache
-        parts: list[bytes] = []
-        append = parts.append
-        for image in images:
-            hit = cache.get(image.id)
-            if hit is not None and hit[0] is image:
-                append(hit[1])
+    def reset(self) -> None:
+        """Forget what changed: the next call encodes every record (and stops tracking until then)."""
+        self._state = None
+        self._dirty = None
+
+    def touched(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Note the images a record's events changed (cheap; nothing is kept before the first call)."""
+        dirty = self._dirty
+        if dirty is None:
+            return
+        for event in events:
+            image_id = event.get("id")
+            if not isinstance(image_id, str):
+                if event.get("op") == "import":
+                    self.reset()
+                    return
                 continue
-            text = snap.image_json_text(image).translate(snap.GO_ESCAPES).encode("utf-8")
-            cache[image.id] = (image, text)
-            append(text)
-        if len(cache) > 2 * len(parts) + 64:  # deleted images: forget them now and then
-            self._cache = {image.id: cache[image.id] for image in images}
-        return b"[" + b",".join(parts) + b"]"
+            if event.get("op") in ("create", "put-image") and image_id in self._images:
+                # An ID that comes back: the state may have moved it to the end (a delete in an
+                # earlier record) or not (in the same one). Rare: start over instead of guessing.
+                self.reset()
+                return
+            dirty.add(image_id)
+
+    def encode(self, state: State) -> bytes:
+        """The images.json bytes of the state's records, in order (byte for byte `snapshot.encode`)."""
+        parts, images = self._parts, self._images
+        dirty = self._dirty
+        if self._state is not state or dirty is None:
+            parts.clear()
+            images.clear()
+            for image in state:
+                parts[image.id] = _encoded(image)
+                images[image.id] = image
+        else:
+            for image_id in dirty:
+                found = state.get(image_id)
+                if found is None:
+                    parts.pop(image_id, None)
+                    images.pop(image_id, None)
+                elif images.get(image_id) is not found:
+                    parts[image_id] = _encoded(found)
+                    images[image_id] = found
+            if len(parts) != len(state):  # never expected; a full pass is always right
+                self.reset()
+                return self.encode(state)
+        self._state = state
+        self._dirty = set()
+        values = list(parts.values())
+        if not values:
+            return b"[]"
+        values[0] = b"[" + values[0]
+        values[-1] = values[-1] + b"]"
+        return b",".join(values)
+
+
+def _encoded(image: Image) -> bytes:
+    return snap.image_json_text(image).translate(snap.GO_ESCAPES).encode("utf-8")
 
 
 def write_images_json(disk: Disk, path: str, data: bytes, *, sync: bool) -> None:

@@ -315,6 +315,7 @@ class Transactions:
         history_links.committed(live, body, cursor.segment, offset)
         live.state.seq = seq
         live.state.commit()
+        live.encoder.touched(txn.events)
         live.segment_events += len(txn.events)
         try:
             if live.shared:  # before the call returns, containers/storage sees the change
