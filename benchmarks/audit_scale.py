@@ -4,8 +4,8 @@
 
 Builds (once, kept in DIR) a store of IMAGES images and RECORDS records in all (creates, then
 name moves, metadata and flag changes; automatic compaction as by default), then in a fresh
-interpreter each: iterates the whole `history()`, one image's `history(ref)`, `at(t).big_data()` end to end, `at()` of the
-middle record and of the last record, reporting wall time and the peak resident memory the
+interpreter each: iterates the whole `history()`, one image's `history(ref)`, `at(t).big_data()`
+end to end, `at()` of the middle record and of the last record, reporting wall time and the peak resident memory the
 process reached during it (VmHWM, reset after the open). Prints one line per measurement and a JSON document.
 """
 
