@@ -4,8 +4,8 @@
 
 Builds (once, kept in DIR) a store of IMAGES images and RECORDS records in all (creates, then
 name moves, metadata and flag changes; automatic compaction as by default), then in a fresh
-interpreter each: iterates the whole `history()`, one image's `history(ref)`, `at()` of the
-middle record and of the last record, reporting wall time and the peak resident memory the
+interpreter each: iterates the whole `history()`, one image's `history(ref)`, `at(t).big_data()`
+end to end, `at()` of the middle record and of the last record, reporting wall time and the peak resident memory the
 process reached during it (VmHWM, reset after the open). Prints one line per measurement and a JSON document.
 """
 
@@ -59,6 +59,10 @@ elif what == "at-big-data":
     view = store.at(since)  # rebuilding the state at `since` is timed by at-middle/at-last
     start = time.perf_counter()
     count = len(view.big_data("bigdata-target", "config"))
+elif what == "at-big-data-e2e":
+    since = next(iter(store.history("bigdata-target"))).seq
+    start = time.perf_counter()  # at(t) and the read, end to end
+    count = len(store.at(since).big_data("bigdata-target", "config"))
 elif what == "at-middle":
     count = len(store.at(store.seq // 2))
 elif what == "at-last":
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "history-one-id",
         "history-one-past-name",
         "at-big-data",
+        "at-big-data-e2e",
         "log-ref",
         "at-middle",
         "at-last",

@@ -9,12 +9,14 @@ is never held in memory.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import events as ev
 from . import history_index as hx
@@ -55,33 +57,119 @@ class Actor:
         return f"{self.name or '-'}(pid={self.pid},uid={self.uid})"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event of the journal, with the record it came in."""
+_FIELDS = ("seq", "time", "time_ns", "actor", "kind", "image_id", "data", "segment", "offset")
 
-    seq: int
-    time: datetime  # aware, UTC, microsecond precision; `time_ns` is exact
-    time_ns: int
-    actor: Actor
-    kind: str
-    image_id: str | None
-    data: Mapping[str, Any] = field(repr=False)
-    segment: int = 0
-    offset: int = 0
+
+class Event(tuple[Any, ...]):
+    """One event of the journal, with the record it came in (immutable).
+
+    Attributes: `seq`, `time` (aware, UTC, microsecond precision; `time_ns` is exact), `time_ns`,
+    `actor`, `kind`, `image_id`, `data` (the event's map), `segment`, `offset`. `time` and
+    `actor` are derived from the record when first asked for: history() builds an event with
+    little more than a tuple's work.
+    """
+
+    __slots__ = ()
+    __match_args__ = ("seq", "time", "time_ns", "actor", "kind", "image_id", "data", "segment", "offset")
+
+    # Layout: (seq, time_ns, kind, image_id, data, segment, offset, who), where `who` is either
+    # the record's body (time and actor derived from it) or a (time, actor) pair.
+    if TYPE_CHECKING:
+        seq: int
+        time_ns: int
+        kind: str
+        image_id: str | None
+        data: Mapping[str, Any]
+        segment: int
+        offset: int
+    else:
+        seq = property(itemgetter(0))
+        time_ns = property(itemgetter(1))
+        kind = property(itemgetter(2))
+        image_id = property(itemgetter(3))
+        data = property(itemgetter(4))
+        segment = property(itemgetter(5))
+        offset = property(itemgetter(6))
+
+    def __new__(
+        cls,
+        seq: int,
+        time: datetime,
+        time_ns: int,
+        actor: Actor,
+        kind: str,
+        image_id: str | None,
+        data: Mapping[str, Any],
+        segment: int = 0,
+        offset: int = 0,
+    ) -> Event:
+        return _new_tuple(cls, (seq, time_ns, kind, image_id, data, segment, offset, (time, actor)))
+
+    @property
+    def time(self) -> datetime:
+        who = self[7]
+        if type(who) is tuple:
+            return who[0]  # type: ignore[no-any-return]
+        return _utc(self[1])
+
+    @property
+    def actor(self) -> Actor:
+        who = self[7]
+        if type(who) is tuple:
+            return who[1]  # type: ignore[no-any-return]
+        return Actor(int(who.get("pid", 0)), int(who.get("uid", 0)), str(who.get("actor", "")))
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Event)
+        return self._values() == other._values()
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # type: ignore[assignment]  # like the dataclass it was: its data is a dict
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS if name != "data")
+        return f"{self.__class__.__qualname__}({shown})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, self._values())
+
+    def __copy__(self) -> Event:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Event:
+        return self.__class__(*copy.deepcopy(self._values(), memo))
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form (for `journalstore log --json`)."""
+        actor = self.actor
         return {
             "seq": self.seq,
             "time": self.time.isoformat().replace("+00:00", "Z"),
             "time_ns": self.time_ns,
-            "actor": {"pid": self.actor.pid, "uid": self.actor.uid, "name": self.actor.name},
+            "actor": {"pid": actor.pid, "uid": actor.uid, "name": actor.name},
             "kind": self.kind,
             "image_id": self.image_id,
             "data": _plain({k: v for k, v in self.data.items() if k not in ("op", "id")}),
             "segment": self.segment,
             "offset": self.offset,
         }
+
+
+_new_tuple = tuple.__new__
 
 
 def _plain(value: Any) -> Any:
@@ -182,6 +270,9 @@ class Journal:
             source = self._linked_events(self.resolve(ref, current, index), index, since_seq, first)
         else:
             source = self._image_events(self.resolve(ref, current))
+        if since_seq is None and since_ns is None and until_seq is None and until_ns is None and wanted is None:
+            yield from source
+            return
         for event in source:
             if since_seq is not None and event.seq < since_seq:
                 continue
@@ -196,8 +287,17 @@ class Journal:
             yield event
 
     def _all_events(self, since_seq: int | None) -> Iterator[Event]:
-        for rec in self.records(since_seq):
-            yield from _events_of(rec)
+        new = _new_tuple
+        cursor = jn.Cursor(self.disk, self.dir, self.start_segment(since_seq), writable=False)
+        try:
+            for batch in cursor.poll_batches():
+                for segment, offset, _end, body in batch:
+                    seq = int(body.get("seq", 0))
+                    ns = int(body.get("time", 0))
+                    for event in body.get("events", ()):
+                        yield new(Event, (seq, ns, str(event.get("op")), event.get("id"), event, segment, offset, body))
+        finally:
+            cursor.close()
 
     def resolve(
         self, ref: str, current: Callable[[str], Image | None] | None = None, index: hx.HistoryIndex | None = None
@@ -379,13 +479,12 @@ def _marks(event: Mapping[str, Any], image_id: str, image: Image | None) -> bool
 
 
 def _events_of(rec: jn.Record) -> Iterator[Event]:
-    body = rec.body
+    segment, offset, _end, body = rec
     seq = int(body.get("seq", 0))
     ns = int(body.get("time", 0))
-    when = _utc(ns)
-    actor = Actor(int(body.get("pid", 0)), int(body.get("uid", 0)), str(body.get("actor", "")))
+    new = _new_tuple
     for event in body.get("events", ()):
-        yield Event(seq, when, ns, actor, str(event.get("op")), event.get("id"), event, rec.segment, rec.offset)
+        yield new(Event, (seq, ns, str(event.get("op")), event.get("id"), event, segment, offset, body))
 
 
 # ---------------------------------------------------------------------- views of the past
