@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import msgpack
 import xxhash
 
-from .adapters import ADAPTERS, Adapter, Found, NotFound, SeedAdapter
+from .adapters import ADAPTERS, Adapter, Found, JournalstoreAdapter, NotFound, SeedAdapter
 from .seed import go_time_now, image_doc, write_images_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +74,8 @@ class Config:
     seed_min_ops: int = 20
     seed_real_build_max: int = 2000
     full_build_max: int = 10_000  # above: create N's total timed in one repetition only
+    shared_work: int = 3_000_000  # images re-published per shared-mode measurement
+    shared_min_ops: int = 20
     workdir: str = ""
 
     @classmethod
@@ -83,9 +85,16 @@ class Config:
     @classmethod
     def quick(cls, **kw: Any) -> Config:
         """Size 1,000 only; the seed gets a smaller budget so that the run stays under a minute."""
-        base: dict[str, Any] = {"sizes": (1000,), "seed_work": 250_000}
+        base: dict[str, Any] = {"sizes": (1000,), "seed_work": 250_000, "shared_work": 250_000}
         base.update(kw)
         return cls(mode="quick", **base)
+
+    @classmethod
+    def shared(cls, **kw: Any) -> Config:
+        """Only the shared-mode phase (a write that publishes images.json), at 1k, 10k and 100k."""
+        base: dict[str, Any] = {"sizes": (1000, 10_000, 100_000), "impls": ("journalstore", "seed")}
+        base.update(kw)
+        return cls(mode="shared", **base)
 
     @classmethod
     def tiny(cls, **kw: Any) -> Config:
@@ -229,6 +238,11 @@ def seed_ops(cfg: Config, cls: type[Adapter], size: int, wanted: int, floor: int
     return max(min(low, wanted), min(wanted, cfg.seed_work // max(size, 1)))
 
 
+def shared_ops(cfg: Config, size: int) -> int:
+    """Writes per shared-mode measurement: each re-publishes the whole images.json (O(N) bytes)."""
+    return max(min(cfg.shared_min_ops, cfg.ops), min(cfg.ops, cfg.shared_work // max(size, 1)))
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -335,14 +349,19 @@ class Harness:
         self.say("noise: CPU loop")
         res.noise["start"] = cpu_noise(cfg.noise_samples)
         try:
-            self.say("physical limits: record sizes, msgpack + xxhash")
-            self.pack_hash()
-            specs = make_specs(max(cfg.sizes) + cfg.repeat * cfg.batch)
+            if cfg.mode != "shared":
+                self.say("physical limits: record sizes, msgpack + xxhash")
+                self.pack_hash()
+                specs = make_specs(max(cfg.sizes) + cfg.repeat * cfg.batch)
+                for size in cfg.sizes:
+                    self.say(f"n={size:,}: physical limits: raw writes")
+                    self.raw_writes(size)
+                    for k, fsync in enumerate(cfg.fsync_modes):
+                        self.run_size(size, fsync, specs, reads=k == 0)
+                del specs
+            # Last, on stores of its own: nothing above is measured after (or next to) it.
             for size in cfg.sizes:
-                self.say(f"n={size:,}: physical limits: raw writes")
-                self.raw_writes(size)
-                for k, fsync in enumerate(cfg.fsync_modes):
-                    self.run_size(size, fsync, specs, reads=k == 0)
+                self.shared_mode(size)
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
         res.noise["end"] = cpu_noise(cfg.noise_samples)
@@ -754,6 +773,221 @@ class Harness:
         if loads:
             note = "json.loads of journalstore's images.json (bytes already read), in the same child"
             self.add(Measurement("cold-open", "json.loads", size, "n/a", "ms", loads, note=note))
+
+    # ------------------------------------------------------------------ shared mode
+
+    def shared_mode(self, size: int) -> None:
+        """A write that publishes (a shared store), next to Go's price (seed) and the raw floor.
+
+        journalstore's store of N images is built untimed (batch() of `batch` creates, unshared,
+        fsync off), then placed where containers/storage keeps it (`<root>/overlay-images`, with
+        `<root>/storage.lock`) and opened with shared=True: every commit then also rewrites
+        images.json whole from the per-record encoding cache and changes images.lock's
+        last-writer bytes. The first write after opening encodes every record (the cache is
+        empty); it is not in the figures and is reported apart. The seed's store is laid down
+        as images.json. The floor, `raw-images-json`, writes the bytes of the shared store's
+        images.json (as it is after that first write) to a temporary file, fsyncs it, renames it
+        over images.json and fsyncs the directory: the steps of the publication, no store.
+        """
+        cfg = self.cfg
+        js_cls = self.adapters.get("journalstore")
+        if "journalstore" not in cfg.impls or js_cls is None or not issubclass(js_cls, JournalstoreAdapter):
+            return
+        seed_cls = self.adapters.get("seed") if "seed" in cfg.impls else None
+        specs = make_specs(size)
+        root = self.workdir / f"shared-{size}"
+        js_path = root / "containers-storage" / "overlay-images"
+        seed_path = root / "seed"
+        raw_dir = root / "raw"
+        self.say(f"n={size:,}: shared mode: building the stores (untimed)")
+        builder = js_cls()
+        builder.open(str(js_path), False)
+        try:
+            for k in range(0, size, cfg.batch):
+                with builder.batch():
+                    for s in specs[k : k + cfg.batch]:
+                        builder.create(s.id, s.names, s.layer, s.digest)
+        finally:
+            builder.close()
+        (js_path.parent / "storage.lock").touch()  # a containers/storage root: shared by default too
+        if seed_cls is not None:
+            created = go_time_now()
+            docs = [image_doc(s.id, s.names, s.layer, s.digest, created) for s in specs]
+            write_images_json(str(seed_path), docs, False)
+            del docs
+        raw_dir.mkdir(parents=True)
+        try:
+            for fsync in cfg.fsync_modes:
+                self.shared_writes(size, fsync, specs, js_cls.shared_variant(), seed_cls, js_path, seed_path, raw_dir)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def shared_writes(
+        self,
+        size: int,
+        fsync: bool,
+        specs: list[Spec],
+        shared_cls: type[JournalstoreAdapter],
+        seed_cls: type[Adapter] | None,
+        js_path: Path,
+        seed_path: Path,
+        raw_dir: Path,
+    ) -> None:
+        """shared-add-names and shared-create at one size and durability (see `shared_mode`)."""
+        cfg = self.cfg
+        fs = fsync_label(fsync)
+        label = f"n={size:,} fsync={fs}"
+        stores: dict[str, Adapter] = {}
+        try:
+            js = shared_cls()
+            stores["journalstore"] = js
+            js.open(str(js_path), fsync)
+            expect(js.is_shared, f"journalstore: {js_path} did not open as a shared store")
+            warm = f"registry.example/shared/{fs}/warm-up:latest"
+            lock_before = self.lock_head(js_path)
+            gc.collect()
+            t0 = perf()
+            js.add_names(specs[0].id, [warm])
+            first = perf() - t0
+            check_get(js, warm, specs[0].id, "shared: get by the new name", first_name=warm)
+            data = self.check_published(js_path, warm, lock_before, "shared: first write")
+            (raw_dir / "images.json").write_bytes(data)
+            if seed_cls is not None:
+                seed = seed_cls()
+                stores["seed"] = seed
+                seed.open(str(seed_path), fsync)
+            ops = {impl: seed_ops(cfg, type(a), size, cfg.ops) for impl, a in stores.items()}
+            ops["journalstore"] = ops["raw"] = shared_ops(cfg, size)
+            self.say(f"{label}: shared mode: add-names")
+            self.shared_workload("shared-add-names", stores, ops, size, fsync, specs, js_path, raw_dir, data, first)
+            self.say(f"{label}: shared mode: create")
+            self.shared_workload("shared-create", stores, ops, size, fsync, specs, js_path, raw_dir, data, first)
+        finally:
+            for adapter in stores.values():
+                adapter.close()
+
+    def shared_workload(
+        self,
+        workload: str,
+        stores: dict[str, Adapter],
+        ops: dict[str, int],
+        size: int,
+        fsync: bool,
+        specs: list[Spec],
+        js_path: Path,
+        raw_dir: Path,
+        data: bytes,
+        first: float,
+    ) -> None:
+        """One mutation per op, ms per op; the raw images.json floor interleaved with the stores."""
+        cfg = self.cfg
+        fs = fsync_label(fsync)
+        creating = workload == "shared-create"
+
+        def rep_fn(impl: str, rep: int) -> float:
+            if impl == "raw":
+                return self.raw_images_json(raw_dir, data, fsync, ops[impl])
+            adapter = stores[impl]
+            lock_before = self.lock_head(js_path) if impl == "journalstore" else b""
+            if creating:
+                base = 1_000_000_000 + 1_000_000 * rep + 500_000 * fsync
+                new = [make_spec(base + k) for k in range(ops[impl])]
+                create = adapter.create
+                gc.collect()
+                t0 = perf()
+                for s in new:
+                    create(s.id, s.names, s.layer, s.digest)
+                elapsed = perf() - t0
+                for s in new:
+                    check_get(adapter, s.names[0], s.id, f"{workload}: get by name", first_name=s.names[0])
+                last = new[-1].names[0]
+            else:
+                idx = self.targets(size, ops[impl], f"{workload}-{fs}-{rep}")
+                work = [(specs[i].id, f"registry.example/shared/{fs}/rep{rep}/app{i}:latest") for i in idx]
+                add = adapter.add_names
+                gc.collect()
+                t0 = perf()
+                for image_id, name in work:
+                    add(image_id, [name])
+                elapsed = perf() - t0
+                for image_id, name in work:
+                    check_get(adapter, name, image_id, f"{workload}: get by the new name", first_name=name)
+                last = work[-1][1]
+            if impl == "journalstore":
+                self.check_published(js_path, last, lock_before, workload)
+            return elapsed / ops[impl] * 1e3
+
+        impls = [*stores] if creating else [*stores, "raw"]
+        values = self.interleave(impls, rep_fn)
+        for impl in stores:
+            note = ""
+            extra: dict[str, float] = {}
+            if impl == "journalstore":
+                note = (
+                    "journalstore: shared=True in a containers/storage root; the first write after opening "
+                    "(every record encoded) is not in the figure"
+                )
+                extra = {"first_write_ms": first * 1e3, "images_json_bytes": float(len(data))}
+            m = Measurement(workload, impl, size, fs, "ms/op", values[impl], ops[impl], cfg.ops, note=note, extra=extra)
+            self.add(m)
+        if creating:
+            return
+        sync = ", os.fsync, rename over images.json, fsync of the directory" if fsync else ", rename over images.json"
+        note = f"os.write of the shared store's images.json bytes to a temporary file{sync}"
+        self.add(
+            Measurement(
+                "raw-images-json",
+                "raw",
+                size,
+                fs,
+                "ms/op",
+                values["raw"],
+                ops["raw"],
+                ops["raw"],
+                note=note,
+                extra={"images_json_bytes": float(len(data))},
+            )
+        )
+
+    @staticmethod
+    def lock_head(store_dir: Path) -> bytes:
+        """containers/storage's 64 last-writer bytes of images.lock."""
+        with open(store_dir / "images.lock", "rb") as f:
+            return f.read(64)
+
+    def check_published(self, store_dir: Path, name: str, lock_before: bytes, what: str) -> bytes:
+        """The last write is in images.json and the last-writer bytes moved: a Go reader reloads it."""
+        data = (store_dir / "images.json").read_bytes()
+        expect(json.dumps(name).encode() in data, f"journalstore: {what}: {name!r} is not in the published images.json")
+        moved = self.lock_head(store_dir) != lock_before
+        expect(moved, f"journalstore: {what}: images.lock's last-writer bytes did not change")
+        return data
+
+    @staticmethod
+    def raw_images_json(directory: Path, data: bytes, fsync: bool, ops: int) -> float:
+        """ms per replacement of images.json by these bytes, as the publication (and Go) does it."""
+        d = str(directory)
+        tmp, final = d + "/.tmp-images.json", d + "/images.json"
+        gc.collect()
+        t0 = perf()
+        for _ in range(ops):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if fsync:
+                dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        return (perf() - t0) / ops * 1e3
 
     # ------------------------------------------------------------------ physical limits
 
