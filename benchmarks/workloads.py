@@ -779,15 +779,16 @@ class Harness:
     def shared_mode(self, size: int) -> None:
         """A write that publishes (a shared store), next to Go's price (seed) and the raw floor.
 
-        journalstore's store of N images is built untimed (batch() of `batch` creates, unshared,
-        fsync off), then placed where containers/storage keeps it (`<root>/overlay-images`, with
-        `<root>/storage.lock`) and opened with shared=True: every commit then also rewrites
-        images.json whole from the per-record encoding cache and changes images.lock's
-        last-writer bytes. The first write after opening encodes every record (the cache is
-        empty); it is not in the figures and is reported apart. The seed's store is laid down
-        as images.json. The floor, `raw-images-json`, writes the bytes of the shared store's
-        images.json (as it is after that first write) to a temporary file, fsyncs it, renames it
-        over images.json and fsyncs the directory: the steps of the publication, no store.
+        journalstore's store of N images is built once, untimed (batch() of `batch` creates,
+        unshared, fsync off), in `<root>/overlay-images` with `<root>/storage.lock` (where
+        containers/storage keeps it); the seed's is laid down as images.json. Every repetition
+        starts from a copy of these (exactly N images), opened with the measured fsync,
+        journalstore with shared=True: every commit then also rewrites images.json whole from
+        the per-record encoding cache and changes images.lock's last-writer bytes. Its first
+        write after opening encodes every record (the cache is empty): untimed, reported apart.
+        The floor, `raw-images-json`, writes the bytes of the shared store's images.json (after
+        that first write) to a temporary file, fsyncs it, renames it over images.json and
+        fsyncs the directory: the steps of the publication, without the store.
         """
         cfg = self.cfg
         js_cls = self.adapters.get("journalstore")
@@ -796,12 +797,10 @@ class Harness:
         seed_cls = self.adapters.get("seed") if "seed" in cfg.impls else None
         specs = make_specs(size)
         root = self.workdir / f"shared-{size}"
-        js_path = root / "containers-storage" / "overlay-images"
-        seed_path = root / "seed"
-        raw_dir = root / "raw"
+        bases = {"journalstore": root / "base" / "containers-storage" / "overlay-images"}
         self.say(f"n={size:,}: shared mode: building the stores (untimed)")
         builder = js_cls()
-        builder.open(str(js_path), False)
+        builder.open(str(bases["journalstore"]), False)
         try:
             for k in range(0, size, cfg.batch):
                 with builder.batch():
@@ -809,145 +808,24 @@ class Harness:
                         builder.create(s.id, s.names, s.layer, s.digest)
         finally:
             builder.close()
-        (js_path.parent / "storage.lock").touch()  # a containers/storage root: shared by default too
+        (bases["journalstore"].parent / "storage.lock").touch()  # a containers/storage root
         if seed_cls is not None:
+            bases["seed"] = root / "base" / "seed"
             created = go_time_now()
             docs = [image_doc(s.id, s.names, s.layer, s.digest, created) for s in specs]
-            write_images_json(str(seed_path), docs, False)
+            write_images_json(str(bases["seed"]), docs, False)
             del docs
-        raw_dir.mkdir(parents=True)
+        classes: dict[str, type[Adapter]] = {"journalstore": js_cls.shared_variant()}
+        if seed_cls is not None:
+            classes["seed"] = seed_cls
         try:
             for fsync in cfg.fsync_modes:
-                self.shared_writes(size, fsync, specs, js_cls.shared_variant(), seed_cls, js_path, seed_path, raw_dir)
+                shared = SharedRun(self, size, fsync, specs, classes, bases, root)
+                for workload in ("shared-add-names", "shared-create"):
+                    self.say(f"n={size:,} fsync={fsync_label(fsync)}: shared mode: {workload.removeprefix('shared-')}")
+                    shared.measure(workload)
         finally:
             shutil.rmtree(root, ignore_errors=True)
-
-    def shared_writes(
-        self,
-        size: int,
-        fsync: bool,
-        specs: list[Spec],
-        shared_cls: type[JournalstoreAdapter],
-        seed_cls: type[Adapter] | None,
-        js_path: Path,
-        seed_path: Path,
-        raw_dir: Path,
-    ) -> None:
-        """shared-add-names and shared-create at one size and durability (see `shared_mode`)."""
-        cfg = self.cfg
-        fs = fsync_label(fsync)
-        label = f"n={size:,} fsync={fs}"
-        stores: dict[str, Adapter] = {}
-        try:
-            js = shared_cls()
-            stores["journalstore"] = js
-            js.open(str(js_path), fsync)
-            expect(js.is_shared, f"journalstore: {js_path} did not open as a shared store")
-            warm = f"registry.example/shared/{fs}/warm-up:latest"
-            lock_before = self.lock_head(js_path)
-            gc.collect()
-            t0 = perf()
-            js.add_names(specs[0].id, [warm])
-            first = perf() - t0
-            check_get(js, warm, specs[0].id, "shared: get by the new name", first_name=warm)
-            data = self.check_published(js_path, warm, lock_before, "shared: first write")
-            (raw_dir / "images.json").write_bytes(data)
-            if seed_cls is not None:
-                seed = seed_cls()
-                stores["seed"] = seed
-                seed.open(str(seed_path), fsync)
-            ops = {impl: seed_ops(cfg, type(a), size, cfg.ops) for impl, a in stores.items()}
-            ops["journalstore"] = ops["raw"] = shared_ops(cfg, size)
-            self.say(f"{label}: shared mode: add-names")
-            self.shared_workload("shared-add-names", stores, ops, size, fsync, specs, js_path, raw_dir, data, first)
-            self.say(f"{label}: shared mode: create")
-            self.shared_workload("shared-create", stores, ops, size, fsync, specs, js_path, raw_dir, data, first)
-        finally:
-            for adapter in stores.values():
-                adapter.close()
-
-    def shared_workload(
-        self,
-        workload: str,
-        stores: dict[str, Adapter],
-        ops: dict[str, int],
-        size: int,
-        fsync: bool,
-        specs: list[Spec],
-        js_path: Path,
-        raw_dir: Path,
-        data: bytes,
-        first: float,
-    ) -> None:
-        """One mutation per op, ms per op; the raw images.json floor interleaved with the stores."""
-        cfg = self.cfg
-        fs = fsync_label(fsync)
-        creating = workload == "shared-create"
-
-        def rep_fn(impl: str, rep: int) -> float:
-            if impl == "raw":
-                return self.raw_images_json(raw_dir, data, fsync, ops[impl])
-            adapter = stores[impl]
-            lock_before = self.lock_head(js_path) if impl == "journalstore" else b""
-            if creating:
-                base = 1_000_000_000 + 1_000_000 * rep + 500_000 * fsync
-                new = [make_spec(base + k) for k in range(ops[impl])]
-                create = adapter.create
-                gc.collect()
-                t0 = perf()
-                for s in new:
-                    create(s.id, s.names, s.layer, s.digest)
-                elapsed = perf() - t0
-                for s in new:
-                    check_get(adapter, s.names[0], s.id, f"{workload}: get by name", first_name=s.names[0])
-                last = new[-1].names[0]
-            else:
-                idx = self.targets(size, ops[impl], f"{workload}-{fs}-{rep}")
-                work = [(specs[i].id, f"registry.example/shared/{fs}/rep{rep}/app{i}:latest") for i in idx]
-                add = adapter.add_names
-                gc.collect()
-                t0 = perf()
-                for image_id, name in work:
-                    add(image_id, [name])
-                elapsed = perf() - t0
-                for image_id, name in work:
-                    check_get(adapter, name, image_id, f"{workload}: get by the new name", first_name=name)
-                last = work[-1][1]
-            if impl == "journalstore":
-                self.check_published(js_path, last, lock_before, workload)
-            return elapsed / ops[impl] * 1e3
-
-        impls = [*stores] if creating else [*stores, "raw"]
-        values = self.interleave(impls, rep_fn)
-        for impl in stores:
-            note = ""
-            extra: dict[str, float] = {}
-            if impl == "journalstore":
-                note = (
-                    "journalstore: shared=True in a containers/storage root; the first write after opening "
-                    "(every record encoded) is not in the figure"
-                )
-                extra = {"first_write_ms": first * 1e3, "images_json_bytes": float(len(data))}
-            m = Measurement(workload, impl, size, fs, "ms/op", values[impl], ops[impl], cfg.ops, note=note, extra=extra)
-            self.add(m)
-        if creating:
-            return
-        sync = ", os.fsync, rename over images.json, fsync of the directory" if fsync else ", rename over images.json"
-        note = f"os.write of the shared store's images.json bytes to a temporary file{sync}"
-        self.add(
-            Measurement(
-                "raw-images-json",
-                "raw",
-                size,
-                fs,
-                "ms/op",
-                values["raw"],
-                ops["raw"],
-                ops["raw"],
-                note=note,
-                extra={"images_json_bytes": float(len(data))},
-            )
-        )
 
     @staticmethod
     def lock_head(store_dir: Path) -> bytes:
@@ -1146,6 +1024,138 @@ class Harness:
                 for s in specs
             ],
         }
+
+
+class SharedRun:
+    """One size and durability of the shared-mode phase (see `Harness.shared_mode`).
+
+    Each repetition of each implementation works on a fresh copy of the base store of exactly N
+    images (copied and opened untimed, then `os.sync()`), so that neither the creates nor the
+    other fsync mode make the store bigger than N.
+    """
+
+    def __init__(
+        self,
+        harness: Harness,
+        size: int,
+        fsync: bool,
+        specs: list[Spec],
+        classes: dict[str, type[Adapter]],
+        bases: dict[str, Path],
+        root: Path,
+    ) -> None:
+        cfg = harness.cfg
+        self.h, self.size, self.fsync, self.specs = harness, size, fsync, specs
+        self.classes, self.bases, self.root = classes, bases, root
+        self.fs = fsync_label(fsync)
+        self.ops = {impl: seed_ops(cfg, cls, size, cfg.ops) for impl, cls in classes.items()}
+        self.ops["journalstore"] = self.ops["raw"] = shared_ops(cfg, size)
+        self.first: list[float] = []  # the first (untimed) write after each opening, seconds
+        # The floor's bytes: the shared store's images.json at N images, after its first write.
+        adapter, copy = self.fresh("journalstore", "floor")
+        adapter.close()
+        self.data = (Path(adapter.path) / "images.json").read_bytes()
+        shutil.rmtree(copy, ignore_errors=True)
+        self.raw_dir = root / f"raw-{self.fs}"
+        self.raw_dir.mkdir()
+        (self.raw_dir / "images.json").write_bytes(self.data)
+
+    def fresh(self, impl: str, tag: str) -> tuple[Adapter, Path]:
+        """A copy of the base store, open; journalstore's after its first (untimed) write."""
+        base = self.bases[impl]
+        copy = self.root / f"{impl}-{self.fs}-{tag}"
+        if impl == "journalstore":  # the containers/storage root, storage.lock included
+            shutil.copytree(base.parent, copy)
+            path = copy / base.name
+        else:
+            shutil.copytree(base, copy)
+            path = copy
+        adapter = self.classes[impl]()
+        adapter.open(str(path), self.fsync)
+        try:
+            if isinstance(adapter, JournalstoreAdapter):
+                expect(adapter.is_shared, f"journalstore: {path} did not open as a shared store")
+                s = self.specs[0]
+                warm = f"registry.example/shared/{self.fs}/{tag}/warm-up:latest"
+                before = self.h.lock_head(path)
+                gc.collect()
+                t0 = perf()
+                adapter.add_names(s.id, [warm])
+                self.first.append(perf() - t0)
+                check_get(adapter, warm, s.id, "shared: first write: get by the new name", first_name=warm)
+                self.h.check_published(path, warm, before, "shared: first write")
+        except BaseException:
+            adapter.close()
+            raise
+        os.sync()  # the copy and the first write are untimed: so is writing them back
+        return adapter, copy
+
+    def measure(self, workload: str) -> None:
+        """One mutation per op, ms per op; with add-names, the raw images.json floor interleaved."""
+        h, cfg, size, fs, ops, specs = self.h, self.h.cfg, self.size, self.fs, self.ops, self.specs
+        creating = workload == "shared-create"
+
+        def rep_fn(impl: str, rep: int) -> float:
+            if impl == "raw":
+                return h.raw_images_json(self.raw_dir, self.data, self.fsync, ops[impl])
+            adapter, copy = self.fresh(impl, f"{workload}-{rep}")
+            try:
+                path = Path(adapter.path)
+                lock_before = h.lock_head(path) if impl == "journalstore" else b""
+                if creating:
+                    base = 1_000_000_000 + 1_000_000 * rep
+                    new = [make_spec(base + k) for k in range(ops[impl])]
+                    create = adapter.create
+                    gc.collect()
+                    t0 = perf()
+                    for s in new:
+                        create(s.id, s.names, s.layer, s.digest)
+                    elapsed = perf() - t0
+                    for s in new:
+                        check_get(adapter, s.names[0], s.id, f"{workload}: get by name", first_name=s.names[0])
+                    last = new[-1].names[0]
+                else:
+                    idx = h.targets(size, ops[impl], f"{workload}-{fs}-{rep}")
+                    work = [(specs[i].id, f"registry.example/shared/{fs}/rep{rep}/app{i}:latest") for i in idx]
+                    add = adapter.add_names
+                    gc.collect()
+                    t0 = perf()
+                    for image_id, name in work:
+                        add(image_id, [name])
+                    elapsed = perf() - t0
+                    for image_id, name in work:
+                        check_get(adapter, name, image_id, f"{workload}: get by the new name", first_name=name)
+                    last = work[-1][1]
+                if impl == "journalstore":
+                    h.check_published(path, last, lock_before, workload)
+            finally:
+                adapter.close()
+                shutil.rmtree(copy, ignore_errors=True)
+            return elapsed / ops[impl] * 1e3
+
+        impls = [*self.classes] if creating else [*self.classes, "raw"]
+        values = h.interleave(impls, rep_fn)
+        nbytes = float(len(self.data))
+        for impl in self.classes:
+            note = ""
+            extra: dict[str, float] = {"images_json_bytes": nbytes}
+            if impl == "journalstore":
+                note = (
+                    "journalstore: shared=True in a containers/storage root; each repetition on a fresh copy of "
+                    "the N-image store, whose first write after opening (every record encoded) is not in the figure"
+                )
+                extra["first_write_ms"] = min(self.first) * 1e3
+            m = Measurement(workload, impl, size, fs, "ms/op", values[impl], ops[impl], cfg.ops, note=note, extra=extra)
+            h.add(m)
+        if creating:
+            return
+        sync = (
+            ", os.fsync, rename over images.json, fsync of the directory" if self.fsync else ", rename over images.json"
+        )
+        note = f"os.write of the shared store's images.json bytes to a temporary file{sync}"
+        raw = Measurement("raw-images-json", "raw", size, fs, "ms/op", values["raw"], ops["raw"], ops["raw"], note=note)
+        raw.extra["images_json_bytes"] = nbytes
+        h.add(raw)
 
 
 def run(
