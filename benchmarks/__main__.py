@@ -1,4 +1,4 @@
-"""Command line: `python -m benchmarks [--quick | --tiny] [options]`."""
+"""Command line: `python -m benchmarks [--quick | --tiny | --shared] [options]`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="size 1,000 only (under a minute)")
     mode.add_argument("--tiny", action="store_true", help="smoke test: size 50, no timing claims")
+    mode.add_argument(
+        "--shared",
+        action="store_true",
+        help="only the shared mode (a write that publishes images.json) against seed and a raw images.json "
+        "write, at 1,000, 10,000 and 100,000; merges its section into RESULTS.md",
+    )
     p.add_argument("--sizes", help="comma-separated store sizes, e.g. 1000,10000")
     p.add_argument("--repeat", type=int, help="repetitions per measurement (default 3; tiny 1)")
     p.add_argument("--fsync", choices=("on", "off", "both"), default="both")
@@ -31,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--results",
         type=Path,
         help="RESULTS.md to regenerate, with results.png beside it (default: benchmarks/RESULTS.md "
-        "for a full run, none otherwise)",
+        "for a full run, none otherwise; --shared merges its section into it instead)",
     )
     p.add_argument("--no-results", action="store_true", help="do not regenerate RESULTS.md")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -58,13 +64,15 @@ def config_from(args: argparse.Namespace) -> Config:
         cfg = Config.tiny(**kw)
     elif args.quick:
         cfg = Config.quick(**kw)
+    elif args.shared:
+        cfg = Config.shared(**kw)
     else:
         cfg = Config.full(**kw)
     if args.sizes:
         sizes = tuple(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
         if not sizes or min(sizes) < 1:
             raise SystemExit("--sizes must be positive integers")
-        cfg = cfg.with_(sizes=sizes, mode=cfg.mode if cfg.mode == "tiny" else "custom")
+        cfg = cfg.with_(sizes=sizes, mode=cfg.mode if cfg.mode in ("tiny", "shared") else "custom")
     return cfg
 
 
@@ -86,7 +94,8 @@ def main(argv: list[str] | None = None, adapters: Mapping[str, type[Adapter]] | 
             print(f"benchmark FAILED: {exc}", file=sys.stderr)
             return 1
     results_md: Path | None = args.results
-    if results_md is None and cfg.mode == "full" and not args.no_results:
+    default_sizes = cfg.mode == "full" or (cfg.mode == "shared" and cfg.sizes == Config.shared().sizes)
+    if results_md is None and default_sizes and not args.no_results:
         results_md = DEFAULT_RESULTS
     if args.no_results:
         results_md = None

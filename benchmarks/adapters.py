@@ -111,10 +111,22 @@ class JournalstoreAdapter(Adapter):
 
     name = "journalstore"
     supports_batch = True
+    #: ImageStore's `shared` argument: None is the library default (auto-detected, off in the
+    #: harness's work directory); `shared_variant()` makes a class that forces it on.
+    shared: ClassVar[bool | None] = None
 
     def __init__(self) -> None:
         super().__init__()
         self.store: ImageStore | None = None
+
+    @classmethod
+    def shared_variant(cls) -> type[JournalstoreAdapter]:
+        """This adapter class with every store opened in shared mode (publishing each commit)."""
+        return type(f"Shared{cls.__name__}", (cls,), {"shared": True})
+
+    @property
+    def is_shared(self) -> bool:
+        return self._s().shared
 
     def _s(self) -> ImageStore:
         assert self.store is not None, "adapter is not open"
@@ -122,7 +134,7 @@ class JournalstoreAdapter(Adapter):
 
     def open(self, path: str, fsync: bool, read_only: bool = False) -> None:
         self.path, self.fsync, self.read_only = path, fsync, read_only
-        self.store = ImageStore(path, read_only=read_only, fsync="always" if fsync else "never")
+        self.store = ImageStore(path, read_only=read_only, fsync="always" if fsync else "never", shared=self.shared)
 
     def close(self) -> None:
         if self.store is not None:

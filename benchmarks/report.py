@@ -37,6 +37,16 @@ WORKLOADS: tuple[tuple[str, str], ...] = (
 MUTATIONS = ("create-total", "create", "add-names", "set-big-data", "batch")
 LOOKUPS = ("lookup-id", "lookup-name", "lookup-prefix")
 
+# Shared mode (a write that publishes images.json): its own tables, targets and RESULTS.md section.
+SHARED_WORKLOADS: tuple[tuple[str, str], ...] = (
+    ("shared-add-names", "add-names of one name"),
+    ("shared-create", "create of one image"),
+)
+SHARED = frozenset({w for w, _ in SHARED_WORKLOADS} | {"raw-images-json"})
+SHARED_TARGET_SIZES = (10_000, 100_000)
+SHARED_BEGIN = "<!-- shared-mode: begin (`python -m benchmarks --shared` replaces this section) -->"
+SHARED_END = "<!-- shared-mode: end -->"
+
 
 def fmt(value: float) -> str:
     """A figure with as many digits as it deserves."""
@@ -103,7 +113,7 @@ def table(results: Results, workload: str, title: str) -> str | None:
 
 
 def physical_table(results: Results) -> str | None:
-    rows = [m for m in results.measurements if m.impl == "raw"]
+    rows = [m for m in results.measurements if m.impl == "raw" and m.workload not in SHARED]
     if not rows:
         return None
     lines = [
@@ -118,10 +128,66 @@ def physical_table(results: Results) -> str | None:
     return "\n".join(lines)
 
 
-def markdown(results: Results) -> str:
-    """All tables, for the terminal and for RESULTS.md."""
+def shared_table(results: Results) -> str | None:
+    """A write that publishes, ms per op: journalstore (shared) against seed and the raw floor."""
+    rows = [m for m in results.measurements if m.workload in SHARED]
+    if not rows:
+        return None
+    f = results.find
+    head = [
+        "size",
+        "fsync",
+        "images.json",
+        "write",
+        "journalstore shared",
+        "seed",
+        "raw images.json write",
+        "journalstore ÷ seed",
+        "journalstore ÷ raw",
+        "first write after open",
+    ]
+    lines = [
+        "**Shared mode: one write that publishes images.json, at size N: ms per write**",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    keys = sorted({(m.size, m.fsync) for m in rows})
+    for size, fs in keys:
+        raw = f("raw-images-json", "raw", size, fs)
+        for workload, what in SHARED_WORKLOADS:
+            js, seed = f(workload, JS, size, fs), f(workload, "seed", size, fs)
+            if js is None and seed is None:
+                continue
+            nbytes = (js or raw or seed or rows[0]).extra.get("images_json_bytes")
+            first = js.extra.get("first_write_ms") if js is not None else None
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"{size:,}",
+                        fs,
+                        f"{fmt(nbytes / 1e6)} MB" if nbytes else "—",
+                        what,
+                        cell(js),
+                        cell(seed),
+                        cell(raw),
+                        ratio_text(ratio(js, seed)),
+                        ratio_text(ratio(js, raw)),
+                        f"{fmt(first)} ms" if first is not None and workload == "shared-add-names" else "",
+                    ]
+                )
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def markdown(results: Results, shared: bool = True) -> str:
+    """All tables, for the terminal and for RESULTS.md (`shared`: with the shared-mode table)."""
     fields = asdict(results.config)
     parts = [t for key, title in WORKLOADS if (t := table(results, key, title.format(**fields)))]
+    if shared and (st := shared_table(results)):
+        parts.append(st)
     phys = physical_table(results)
     if phys:
         parts.append(phys)
@@ -152,10 +218,64 @@ def _status(checks: Sequence[bool], complete: bool) -> str:
     return "met" if complete else "met (partial run)"
 
 
+def shared_targets(results: Results) -> list[Target]:
+    """Issue 12.6: a write that publishes, at 10,000 and 100,000, against Go's price and the disk."""
+    f = results.find
+    modes = [fsync_label(fs) for fs in results.config.fsync_modes]
+    out: list[Target] = []
+    for name, goal, other, limit in (
+        (
+            "Shared write vs Go's price",
+            "a shared write (add-names, create; fsync on and off) ≤ 1/4 of seed's at 10,000 and 100,000",
+            "seed",
+            0.25,
+        ),
+        (
+            "Shared write vs raw images.json",
+            "a shared write (add-names, create; fsync on and off) ≤ 2 × a raw write (+ fsync) + rename of "
+            "the same images.json bytes, at 10,000 and 100,000",
+            "raw",
+            2.0,
+        ),
+    ):
+        checks: list[bool] = []
+        parts: list[str] = []
+        for size in SHARED_TARGET_SIZES:
+            for fs in modes:
+                for workload, _ in SHARED_WORKLOADS:
+                    js = f(workload, JS, size, fs)
+                    den = f(workload, "seed", size, fs) if other == "seed" else f("raw-images-json", "raw", size, fs)
+                    r = ratio(js, den)
+                    if r is None or js is None or den is None:
+                        continue
+                    checks.append(r <= limit)
+                    short = workload.removeprefix("shared-")
+                    parts.append(
+                        f"{short} n={size:,} fsync {fs}: {fmt(js.best)} vs {fmt(den.best)} ms = {r:.2f}×"
+                        + ("" if r <= limit else " ✗")
+                    )
+        complete = len(checks) == len(SHARED_TARGET_SIZES) * len(modes) * len(SHARED_WORKLOADS) and len(modes) == 2
+        out.append(
+            Target(name, goal, _status(checks, complete), "; ".join(parts) or "not measured (needs 10,000, 100,000)")
+        )
+    return out
+
+
+def fsync_label(fsync: bool) -> str:
+    return "on" if fsync else "off"
+
+
 def targets(results: Results) -> list[Target]:
     """Evaluate the issue's targets on this run's best figures."""
     if results.config.mode == "tiny":
         return []
+    if results.config.mode == "shared":
+        return shared_targets(results)
+    return main_targets(results) + shared_targets(results)
+
+
+def main_targets(results: Results) -> list[Target]:
+    """The targets of the unshared store (everything but the shared mode)."""
     f = results.find
     sizes = sorted({m.size for m in results.measurements if m.impl == JS})
     out: list[Target] = []
@@ -420,7 +540,9 @@ def plot(results: Results, path: Path) -> bool:
 
 def method_notes(results: Results) -> str:
     cfg = results.config
-    seed_rows = [m for m in results.measurements if m.impl == "seed" and m.ops < m.nominal_ops]
+    seed_rows = [
+        m for m in results.measurements if m.impl == "seed" and m.ops < m.nominal_ops and m.workload not in SHARED
+    ]
     reduced = sorted({(m.workload, m.size, m.ops) for m in seed_rows})
     lines = [
         "- Every figure is the best of the repetitions; `±x%` is the spread (slowest ÷ fastest − 1).",
@@ -479,17 +601,11 @@ def _load(values: Any) -> str:
 AUDIT_MARKER = "<!-- audit-scale: written by hand from benchmarks/audit_scale.py; kept by the harness -->"
 
 
-def results_markdown(results: Results, png_name: str | None) -> str:
-    """The whole RESULTS.md."""
+def run_header(results: Results) -> list[str]:
+    """When, where and how noisy: the lines under a RESULTS.md title."""
     meta = results.meta
     noise = results.noise
-    mode = results.config.mode
-    head = [
-        "# journalstore benchmark results",
-        "",
-        f"Generated by `python -m benchmarks{'' if mode == 'full' else ' --' + mode}` "
-        f"(**{mode} run**) — do not edit by hand; re-run the harness to regenerate.",
-        "",
+    lines = [
         f"- Run: {meta.get('started')} → {meta.get('finished')}, {meta.get('duration_s', 0):.0f} s; "
         f"sizes {', '.join(f'{s:,}' for s in results.config.sizes)}; best of {results.config.repeat}.",
         f"- Machine: {meta.get('cpu_count')} CPUs, Python {meta.get('python')}, {meta.get('platform')}; "
@@ -498,10 +614,75 @@ def results_markdown(results: Results, png_name: str | None) -> str:
     for when in ("start", "end"):
         n = noise.get(when)
         if n:
-            head.append(
+            lines.append(
                 f"- Machine noise at {when}: a fixed CPU loop took {fmt(n['min_ms'])}–{fmt(n['max_ms'])} ms "
                 f"over {n['samples']:.0f} runs (spread {n['spread']:.2f}×)."
             )
+    return lines
+
+
+def shared_method(results: Results) -> str:
+    cfg = results.config
+    return "\n".join(
+        [
+            "- `journalstore shared`: an `ImageStore(path, shared=True)` (library defaults otherwise, fsync "
+            "`always`/`never`) in `<root>/overlay-images` with `<root>/storage.lock`, i.e. where "
+            "containers/storage keeps its image store. Each commit appends its journal record, then "
+            "rewrites images.json whole (temporary file, fsync, rename, directory fsync when fsync is on) "
+            "from the per-record encoding cache and writes new last-writer bytes into images.lock. Every "
+            "measured write is checked: the new name (or image) is in the images.json on disk and the "
+            "last-writer bytes changed.",
+            "- The store of N images is built untimed (batch() of "
+            f"{cfg.batch:,} creates, unshared) and then opened shared; its first write re-encodes every "
+            "record (the encoding cache starts empty) and is reported apart (`first write after open`), "
+            "not in the figures.",
+            "- `seed`: the port of containers/storage's persistence (see below), its store of N images laid "
+            "down as images.json; each write re-encodes every record and replaces images.json, which is "
+            "what Go pays.",
+            "- `raw images.json write`: the same bytes as the shared store's images.json at that size, "
+            "written to a temporary file (os.fsync with fsync on), renamed over images.json, directory "
+            "fsynced with fsync on: the publication's file-system steps with no encoding and no journal.",
+            f"- Writes per measurement: journalstore and raw at most {cfg.ops:,} and at most "
+            f"{cfg.shared_work:,} images re-published per measurement (at least {cfg.shared_min_ops}); "
+            f"seed by its budget ({cfg.seed_work:,} images, at least {cfg.seed_min_ops}); `(n=…)` gives the "
+            "count. The three alternate repetition by repetition (os.sync() before each), as elsewhere.",
+            "- This phase runs after every other workload of a run, on stores of its own; the unshared "
+            "figures are not affected by it.",
+        ]
+    )
+
+
+def shared_section(results: Results, standalone: bool) -> str | None:
+    """The shared-mode section of RESULTS.md, between markers (`standalone`: with its run header)."""
+    st = shared_table(results)
+    if st is None:
+        return None
+    parts = [SHARED_BEGIN, "## Shared mode: a write that publishes images.json"]
+    if standalone:
+        parts.append(
+            "Generated by `python -m benchmarks --shared` (**shared-mode run**, a run of its own: it "
+            "replaces only this section and the shared rows of the targets table).\n\n" + "\n".join(run_header(results))
+        )
+        parts.append(targets_table(shared_targets(results)))
+    parts += [st, shared_method(results), SHARED_END]
+    return "\n\n".join(parts)
+
+
+def results_markdown(results: Results, png_name: str | None) -> str:
+    """The whole RESULTS.md."""
+    meta = results.meta
+    mode = results.config.mode
+    if mode == "shared":
+        section = shared_section(results, standalone=True) or ""
+        return "# journalstore benchmark results\n\n" + section + "\n"
+    head = [
+        "# journalstore benchmark results",
+        "",
+        f"Generated by `python -m benchmarks{'' if mode == 'full' else ' --' + mode}` "
+        f"(**{mode} run**) — do not edit by hand; re-run the harness to regenerate.",
+        "",
+        *run_header(results),
+    ]
     raw = [m for m in results.measurements if m.workload == "raw-write" and m.fsync == "on"]
     if raw:
         samples = [v for m in raw for v in m.values]
@@ -516,8 +697,45 @@ def results_markdown(results: Results, png_name: str | None) -> str:
         parts.append(floor)
     if png_name:
         parts.append(f"![per-operation cost against store size]({png_name})")
-    parts += ["## Figures", markdown(results).rstrip(), "## Method", method_notes(results)]
+    parts += ["## Figures", markdown(results, shared=False).rstrip()]
+    if section := shared_section(results, standalone=False):
+        parts.append(section)
+    parts += ["## Method", method_notes(results)]
     return "\n\n".join(parts) + "\n"
+
+
+def merge_shared(existing: str, results: Results) -> str:
+    """RESULTS.md with a shared-mode run's section and target rows put in (replacing older ones).
+
+    Everything else in the file (the full run's tables, targets, plot and method) stays as it was.
+    """
+    section = shared_section(results, standalone=True)
+    if section is None:
+        return existing
+    begin, end = existing.find(SHARED_BEGIN), existing.find(SHARED_END)
+    if begin >= 0 and end > begin:
+        text = existing[:begin] + section + existing[end + len(SHARED_END) :]
+    elif (at := existing.find("\n## Method")) >= 0:
+        text = existing[: at + 1] + section + "\n\n" + existing[at + 1 :]
+    else:
+        text = existing.rstrip("\n") + "\n\n" + section + "\n"
+    # The rows of the shared targets in the file's main targets table, marked as from this run.
+    found = shared_targets(results)
+    names = {t.name for t in found}
+    lines = text.split("\n")
+    try:
+        start = lines.index("| target | goal | status | measured |")
+    except ValueError:
+        return text
+    stop = start + 2
+    while stop < len(lines) and lines[stop].startswith("| "):
+        stop += 1
+    kept = [ln for ln in lines[start + 2 : stop] if ln.split(" | ")[0].removeprefix("| ") not in names]
+    when = results.meta.get("started", "?")
+    rows = targets_table(
+        Target(t.name, t.goal, t.status, f"(shared-mode run of {when}, section below) {t.detail}") for t in found
+    ).split("\n")[2:]
+    return "\n".join(lines[: start + 2] + kept + rows + lines[stop:])
 
 
 def write_all(results: Results, out: Path, results_md: Path | None) -> dict[str, Path]:
@@ -534,16 +752,19 @@ def write_all(results: Results, out: Path, results_md: Path | None) -> dict[str,
     written["md"] = out / "results.md"
     if results_md is not None:
         png_name = None
-        if has_png:
+        if has_png and results.config.mode != "shared":  # its plot has none of the plotted workloads
             png_name = "results.png"
             shutil.copyfile(png, results_md.parent / png_name)
             written["results_png"] = results_md.parent / png_name
-        # A section measured by another script (benchmarks/audit_scale.py) is kept as it is.
-        kept = ""
-        if results_md.exists():
-            previous = results_md.read_text()
-            if AUDIT_MARKER in previous:
-                kept = "\n" + AUDIT_MARKER + previous.split(AUDIT_MARKER, 1)[1]
-        results_md.write_text(results_markdown(results, png_name) + kept)
+        if results.config.mode == "shared" and results_md.exists():
+            results_md.write_text(merge_shared(results_md.read_text(), results))
+        else:
+            # A section measured by another script (benchmarks/audit_scale.py) is kept as it is.
+            kept = ""
+            if results_md.exists():
+                previous = results_md.read_text()
+                if AUDIT_MARKER in previous:
+                    kept = "\n" + AUDIT_MARKER + previous.split(AUDIT_MARKER, 1)[1]
+            results_md.write_text(results_markdown(results, png_name) + kept)
         written["results_md"] = results_md
     return written

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import msgpack
 import xxhash
 
-from .adapters import ADAPTERS, Adapter, Found, NotFound, SeedAdapter
+from .adapters import ADAPTERS, Adapter, Found, JournalstoreAdapter, NotFound, SeedAdapter
 from .seed import go_time_now, image_doc, write_images_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +74,8 @@ class Config:
     seed_min_ops: int = 20
     seed_real_build_max: int = 2000
     full_build_max: int = 10_000  # above: create N's total timed in one repetition only
+    shared_work: int = 3_000_000  # images re-published per shared-mode measurement
+    shared_min_ops: int = 20
     workdir: str = ""
 
     @classmethod
@@ -83,9 +85,16 @@ class Config:
     @classmethod
     def quick(cls, **kw: Any) -> Config:
         """Size 1,000 only; the seed gets a smaller budget so that the run stays under a minute."""
-        base: dict[str, Any] = {"sizes": (1000,), "seed_work": 250_000}
+        base: dict[str, Any] = {"sizes": (1000,), "seed_work": 250_000, "shared_work": 250_000}
         base.update(kw)
         return cls(mode="quick", **base)
+
+    @classmethod
+    def shared(cls, **kw: Any) -> Config:
+        """Only the shared-mode phase (a write that publishes images.json), at 1k, 10k and 100k."""
+        base: dict[str, Any] = {"sizes": (1000, 10_000, 100_000), "impls": ("journalstore", "seed")}
+        base.update(kw)
+        return cls(mode="shared", **base)
 
     @classmethod
     def tiny(cls, **kw: Any) -> Config:
@@ -229,6 +238,11 @@ def seed_ops(cfg: Config, cls: type[Adapter], size: int, wanted: int, floor: int
     return max(min(low, wanted), min(wanted, cfg.seed_work // max(size, 1)))
 
 
+def shared_ops(cfg: Config, size: int) -> int:
+    """Writes per shared-mode measurement: each re-publishes the whole images.json (O(N) bytes)."""
+    return max(min(cfg.shared_min_ops, cfg.ops), min(cfg.ops, cfg.shared_work // max(size, 1)))
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -335,14 +349,19 @@ class Harness:
         self.say("noise: CPU loop")
         res.noise["start"] = cpu_noise(cfg.noise_samples)
         try:
-            self.say("physical limits: record sizes, msgpack + xxhash")
-            self.pack_hash()
-            specs = make_specs(max(cfg.sizes) + cfg.repeat * cfg.batch)
+            if cfg.mode != "shared":
+                self.say("physical limits: record sizes, msgpack + xxhash")
+                self.pack_hash()
+                specs = make_specs(max(cfg.sizes) + cfg.repeat * cfg.batch)
+                for size in cfg.sizes:
+                    self.say(f"n={size:,}: physical limits: raw writes")
+                    self.raw_writes(size)
+                    for k, fsync in enumerate(cfg.fsync_modes):
+                        self.run_size(size, fsync, specs, reads=k == 0)
+                del specs
+            # Last, on stores of its own: nothing above is measured after (or next to) it.
             for size in cfg.sizes:
-                self.say(f"n={size:,}: physical limits: raw writes")
-                self.raw_writes(size)
-                for k, fsync in enumerate(cfg.fsync_modes):
-                    self.run_size(size, fsync, specs, reads=k == 0)
+                self.shared_mode(size)
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
         res.noise["end"] = cpu_noise(cfg.noise_samples)
@@ -755,6 +774,99 @@ class Harness:
             note = "json.loads of journalstore's images.json (bytes already read), in the same child"
             self.add(Measurement("cold-open", "json.loads", size, "n/a", "ms", loads, note=note))
 
+    # ------------------------------------------------------------------ shared mode
+
+    def shared_mode(self, size: int) -> None:
+        """A write that publishes (a shared store), next to Go's price (seed) and the raw floor.
+
+        journalstore's store of N images is built once, untimed (batch() of `batch` creates,
+        unshared, fsync off), in `<root>/overlay-images` with `<root>/storage.lock` (where
+        containers/storage keeps it); the seed's is laid down as images.json. Every repetition
+        starts from a copy of these (exactly N images), opened with the measured fsync,
+        journalstore with shared=True: every commit then also rewrites images.json whole from
+        the per-record encoding cache and changes images.lock's last-writer bytes. Its first
+        write after opening encodes every record (the cache is empty): untimed, reported apart.
+        The floor, `raw-images-json`, writes the bytes of the shared store's images.json (after
+        that first write) to a temporary file, fsyncs it, renames it over images.json and
+        fsyncs the directory: the steps of the publication, without the store.
+        """
+        cfg = self.cfg
+        js_cls = self.adapters.get("journalstore")
+        if "journalstore" not in cfg.impls or js_cls is None or not issubclass(js_cls, JournalstoreAdapter):
+            return
+        seed_cls = self.adapters.get("seed") if "seed" in cfg.impls else None
+        specs = make_specs(size)
+        root = self.workdir / f"shared-{size}"
+        bases = {"journalstore": root / "base" / "containers-storage" / "overlay-images"}
+        self.say(f"n={size:,}: shared mode: building the stores (untimed)")
+        builder = js_cls()
+        builder.open(str(bases["journalstore"]), False)
+        try:
+            for k in range(0, size, cfg.batch):
+                with builder.batch():
+                    for s in specs[k : k + cfg.batch]:
+                        builder.create(s.id, s.names, s.layer, s.digest)
+        finally:
+            builder.close()
+        (bases["journalstore"].parent / "storage.lock").touch()  # a containers/storage root
+        if seed_cls is not None:
+            bases["seed"] = root / "base" / "seed"
+            created = go_time_now()
+            docs = [image_doc(s.id, s.names, s.layer, s.digest, created) for s in specs]
+            write_images_json(str(bases["seed"]), docs, False)
+            del docs
+        classes: dict[str, type[Adapter]] = {"journalstore": js_cls.shared_variant()}
+        if seed_cls is not None:
+            classes["seed"] = seed_cls
+        try:
+            for fsync in cfg.fsync_modes:
+                shared = SharedRun(self, size, fsync, specs, classes, bases, root)
+                for workload in ("shared-add-names", "shared-create"):
+                    self.say(f"n={size:,} fsync={fsync_label(fsync)}: shared mode: {workload.removeprefix('shared-')}")
+                    shared.measure(workload)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    @staticmethod
+    def lock_head(store_dir: Path) -> bytes:
+        """containers/storage's 64 last-writer bytes of images.lock."""
+        with open(store_dir / "images.lock", "rb") as f:
+            return f.read(64)
+
+    def check_published(self, store_dir: Path, name: str, lock_before: bytes, what: str) -> bytes:
+        """The last write is in images.json and the last-writer bytes moved: a Go reader reloads it."""
+        data = (store_dir / "images.json").read_bytes()
+        expect(json.dumps(name).encode() in data, f"journalstore: {what}: {name!r} is not in the published images.json")
+        moved = self.lock_head(store_dir) != lock_before
+        expect(moved, f"journalstore: {what}: images.lock's last-writer bytes did not change")
+        return data
+
+    @staticmethod
+    def raw_images_json(directory: Path, data: bytes, fsync: bool, ops: int) -> float:
+        """ms per replacement of images.json by these bytes, as the publication (and Go) does it."""
+        d = str(directory)
+        tmp, final = d + "/.tmp-images.json", d + "/images.json"
+        gc.collect()
+        t0 = perf()
+        for _ in range(ops):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if fsync:
+                dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        return (perf() - t0) / ops * 1e3
+
     # ------------------------------------------------------------------ physical limits
 
     def pack_hash(self) -> None:
@@ -912,6 +1024,138 @@ class Harness:
                 for s in specs
             ],
         }
+
+
+class SharedRun:
+    """One size and durability of the shared-mode phase (see `Harness.shared_mode`).
+
+    Each repetition of each implementation works on a fresh copy of the base store of exactly N
+    images (copied and opened untimed, then `os.sync()`), so that neither the creates nor the
+    other fsync mode make the store bigger than N.
+    """
+
+    def __init__(
+        self,
+        harness: Harness,
+        size: int,
+        fsync: bool,
+        specs: list[Spec],
+        classes: dict[str, type[Adapter]],
+        bases: dict[str, Path],
+        root: Path,
+    ) -> None:
+        cfg = harness.cfg
+        self.h, self.size, self.fsync, self.specs = harness, size, fsync, specs
+        self.classes, self.bases, self.root = classes, bases, root
+        self.fs = fsync_label(fsync)
+        self.ops = {impl: seed_ops(cfg, cls, size, cfg.ops) for impl, cls in classes.items()}
+        self.ops["journalstore"] = self.ops["raw"] = shared_ops(cfg, size)
+        self.first: list[float] = []  # the first (untimed) write after each opening, seconds
+        # The floor's bytes: the shared store's images.json at N images, after its first write.
+        adapter, copy = self.fresh("journalstore", "floor")
+        adapter.close()
+        self.data = (Path(adapter.path) / "images.json").read_bytes()
+        shutil.rmtree(copy, ignore_errors=True)
+        self.raw_dir = root / f"raw-{self.fs}"
+        self.raw_dir.mkdir()
+        (self.raw_dir / "images.json").write_bytes(self.data)
+
+    def fresh(self, impl: str, tag: str) -> tuple[Adapter, Path]:
+        """A copy of the base store, open; journalstore's after its first (untimed) write."""
+        base = self.bases[impl]
+        copy = self.root / f"{impl}-{self.fs}-{tag}"
+        if impl == "journalstore":  # the containers/storage root, storage.lock included
+            shutil.copytree(base.parent, copy)
+            path = copy / base.name
+        else:
+            shutil.copytree(base, copy)
+            path = copy
+        adapter = self.classes[impl]()
+        adapter.open(str(path), self.fsync)
+        try:
+            if isinstance(adapter, JournalstoreAdapter):
+                expect(adapter.is_shared, f"journalstore: {path} did not open as a shared store")
+                s = self.specs[0]
+                warm = f"registry.example/shared/{self.fs}/{tag}/warm-up:latest"
+                before = self.h.lock_head(path)
+                gc.collect()
+                t0 = perf()
+                adapter.add_names(s.id, [warm])
+                self.first.append(perf() - t0)
+                check_get(adapter, warm, s.id, "shared: first write: get by the new name", first_name=warm)
+                self.h.check_published(path, warm, before, "shared: first write")
+        except BaseException:
+            adapter.close()
+            raise
+        os.sync()  # the copy and the first write are untimed: so is writing them back
+        return adapter, copy
+
+    def measure(self, workload: str) -> None:
+        """One mutation per op, ms per op; with add-names, the raw images.json floor interleaved."""
+        h, cfg, size, fs, ops, specs = self.h, self.h.cfg, self.size, self.fs, self.ops, self.specs
+        creating = workload == "shared-create"
+
+        def rep_fn(impl: str, rep: int) -> float:
+            if impl == "raw":
+                return h.raw_images_json(self.raw_dir, self.data, self.fsync, ops[impl])
+            adapter, copy = self.fresh(impl, f"{workload}-{rep}")
+            try:
+                path = Path(adapter.path)
+                lock_before = h.lock_head(path) if impl == "journalstore" else b""
+                if creating:
+                    base = 1_000_000_000 + 1_000_000 * rep
+                    new = [make_spec(base + k) for k in range(ops[impl])]
+                    create = adapter.create
+                    gc.collect()
+                    t0 = perf()
+                    for s in new:
+                        create(s.id, s.names, s.layer, s.digest)
+                    elapsed = perf() - t0
+                    for s in new:
+                        check_get(adapter, s.names[0], s.id, f"{workload}: get by name", first_name=s.names[0])
+                    last = new[-1].names[0]
+                else:
+                    idx = h.targets(size, ops[impl], f"{workload}-{fs}-{rep}")
+                    work = [(specs[i].id, f"registry.example/shared/{fs}/rep{rep}/app{i}:latest") for i in idx]
+                    add = adapter.add_names
+                    gc.collect()
+                    t0 = perf()
+                    for image_id, name in work:
+                        add(image_id, [name])
+                    elapsed = perf() - t0
+                    for image_id, name in work:
+                        check_get(adapter, name, image_id, f"{workload}: get by the new name", first_name=name)
+                    last = work[-1][1]
+                if impl == "journalstore":
+                    h.check_published(path, last, lock_before, workload)
+            finally:
+                adapter.close()
+                shutil.rmtree(copy, ignore_errors=True)
+            return elapsed / ops[impl] * 1e3
+
+        impls = [*self.classes] if creating else [*self.classes, "raw"]
+        values = h.interleave(impls, rep_fn)
+        nbytes = float(len(self.data))
+        for impl in self.classes:
+            note = ""
+            extra: dict[str, float] = {"images_json_bytes": nbytes}
+            if impl == "journalstore":
+                note = (
+                    "journalstore: shared=True in a containers/storage root; each repetition on a fresh copy of "
+                    "the N-image store, whose first write after opening (every record encoded) is not in the figure"
+                )
+                extra["first_write_ms"] = min(self.first) * 1e3
+            m = Measurement(workload, impl, size, fs, "ms/op", values[impl], ops[impl], cfg.ops, note=note, extra=extra)
+            h.add(m)
+        if creating:
+            return
+        sync = (
+            ", os.fsync, rename over images.json, fsync of the directory" if self.fsync else ", rename over images.json"
+        )
+        note = f"os.write of the shared store's images.json bytes to a temporary file{sync}"
+        raw = Measurement("raw-images-json", "raw", size, fs, "ms/op", values["raw"], ops["raw"], ops["raw"], note=note)
+        raw.extra["images_json_bytes"] = nbytes
+        h.add(raw)
 
 
 def run(

@@ -34,9 +34,18 @@ def test_tiny_run_writes_all_three(tmp_path: Path) -> None:
     assert {"journalstore", "seed", "sqlite"} <= impls
     workloads = {m["workload"] for m in data["measurements"] if m["impl"] == "journalstore"}
     wanted = {"create", "add-names", "set-big-data", "batch", "lookup-prefix", "refresh", "cold-open", "memory"}
-    assert wanted <= workloads
+    assert wanted | {"shared-add-names", "shared-create"} <= workloads
+    rows = data["measurements"]
+    shared = {(m["workload"], m["impl"], m["fsync"]) for m in rows if m["workload"].startswith("shared")}
+    for fs in ("on", "off"):
+        assert {("shared-add-names", "seed", fs), ("shared-create", "journalstore", fs)} <= shared
+    assert {(m["impl"], m["fsync"]) for m in data["measurements"] if m["workload"] == "raw-images-json"} == {
+        ("raw", "on"),
+        ("raw", "off"),
+    }
     assert not (out / "work").exists()
     assert "| size | fsync | journalstore | seed | sqlite |" in proc.stdout
+    assert "**Shared mode: one write that publishes images.json" in proc.stdout
     # The report can be rebuilt from the raw figures alone.
     again = tmp_path / "again"
     assert main(["--render", str(out / "results.json"), "--out", str(again), "--quiet"]) == 0
@@ -79,3 +88,26 @@ def test_main_exits_nonzero_and_prints_no_figure(tmp_path: Path, capsys: pytest.
     assert captured.out == ""
     assert "FAILED" in captured.err
     assert not (out / "results.json").exists()
+
+
+def test_shared_run_merges_into_results_md(tmp_path: Path) -> None:
+    """--shared measures only the shared mode and replaces only its own parts of RESULTS.md."""
+    results_md = tmp_path / "RESULTS.md"
+    before = (
+        "# journalstore benchmark results\n\n## Targets\n\n| target | goal | status | measured |\n|---|---|---|---|\n"
+        "| Flat writes | g | ✅ met | d |\n\n## Figures\n\nfull-run tables\n\n## Method\n\n- notes\n"
+    )
+    results_md.write_text(before)
+    argv = ["--shared", "--sizes", "30", "--repeat", "1", "--out", str(tmp_path / "out"), "--quiet"]
+    argv += ["--results", str(results_md)]
+    for _ in range(2):  # twice: the second run replaces the first one's section and rows
+        assert main(argv) == 0
+        text = results_md.read_text()
+        assert text.count("<!-- shared-mode: begin") == 1 and text.count("<!-- shared-mode: end -->") == 1
+        assert text.count("| Shared write vs Go's price |") == 2  # the main table's row and the section's
+        assert text.count("| Shared write vs raw images.json |") == 2
+        assert "| Flat writes | g | ✅ met | d |" in text and "full-run tables" in text
+        assert text.index("## Figures") < text.index("## Shared mode") < text.index("## Method")
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {m["workload"] for m in data["measurements"]} == {"shared-add-names", "shared-create", "raw-images-json"}
+    assert not (tmp_path / "results.png").exists()
