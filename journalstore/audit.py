@@ -1,19 +1,18 @@
 """The journal as an audit log: who changed what and when, and the store at any past moment.
 
-`history()` streams events oldest first; `at()` rebuilds the read-only state right after a
-record; `verify()` checks every checksum and that replay reproduces every snapshot; `repair()`
-is the only way to cut a damaged journal. Everything streams: a journal of a million records
-is never held in memory.
+`history()` streams events oldest first (by image: a walk of that image's history links);
+`state_at()` rebuilds the state right after a record; `Follower` follows new records. Views of
+that past are in views.py, verify and repair in checking.py (re-exported here). Everything
+streams: a journal of a million records is never held in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import FrozenInstanceError, dataclass, field
+from dataclasses import FrozenInstanceError, dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,25 +21,17 @@ from . import events as ev
 from . import history_index as hx
 from . import journal as jn
 from . import replay
-from . import snapshot as snap
-from .blobs import Blobs, blob_digest
+from .checking import VerifyReport, repair, verify, verify_blobs  # noqa: F401  (their old home)
 from .errors import (
-    BigDataNotKept,
-    BigDataUnknown,
     HistoryPruned,
     ImageUnknown,
     JournalCorrupt,
-    SizeUnknown,
     StoreError,
-    StoreIsReadOnly,
     StoreWarning,
 )
 from .fsio import Disk
-from .locking import WriterLock
-from .reads import StateReads
 from .record import Image, time_from_datetime
 from .reducer import State, apply
-from .validation import check_read_key
 
 _NS = 1_000_000_000
 
@@ -110,7 +101,7 @@ class Event(tuple[Any, ...]):
         who = self[7]
         if type(who) is tuple:
             return who[0]  # type: ignore[no-any-return]
-        return _utc(self[1])
+        return utc_time(self[1])
 
     @property
     def actor(self) -> Actor:
@@ -182,7 +173,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _utc(ns: int) -> datetime:
+def utc_time(ns: int) -> datetime:
+    """An aware UTC datetime from nanoseconds since the epoch (microsecond precision)."""
     return datetime.fromtimestamp(ns // _NS, UTC).replace(microsecond=(ns % _NS) // 1000)
 
 
@@ -488,344 +480,6 @@ def _events_of(rec: jn.Record) -> Iterator[Event]:
 
 
 # ---------------------------------------------------------------------- views of the past
-
-
-class StoreView(StateReads):
-    """The store as it was right after record `seq`: the read methods of ImageStore, no writes."""
-
-    _mutex = contextlib.nullcontext()  # nothing changes a view's state
-
-    def __init__(
-        self,
-        state: State,
-        time: datetime | None,
-        current: Callable[[str], Image | None],
-        read: Callable[[str, str], bytes],
-        past: PastBytes | None = None,
-    ) -> None:
-        self._state = state
-        self.seq = state.seq
-        self.time = time
-        self._current = current
-        self._read = read
-        self._past = past
-
-    def __repr__(self) -> str:
-        return f"<StoreView at record {self.seq}: {len(self._state)} images>"
-
-    def _fresh(self) -> State:
-        return self._state
-
-    def _moment(self) -> str:
-        return f" at record {self.seq}"
-
-    def big_data_size(self, ref: str, key: str) -> int:
-        key = check_read_key(key)
-        image = self.get(ref)
-        size = image.big_data_sizes.get(key)
-        if size is None:
-            raise SizeUnknown(f"size of big-data item {key!r} of image {image.id} is not known{self._moment()}")
-        return size
-
-    def big_data(self, ref: str, key: str) -> bytes:
-        """The item's bytes, if the store still holds exactly the bytes it had then."""
-        key = check_read_key(key)
-        image = self.get(ref)
-        if key not in image.big_data_digests:
-            raise BigDataUnknown(f"image {image.id} had no big-data item {key!r} at record {self.seq}")
-        now = self._current(image.id)
-        if (
-            now is None
-            or now.big_data_digests.get(key) != image.big_data_digests[key]
-            or now.big_data_sizes.get(key) != image.big_data_sizes.get(key)
-        ):
-            if self._past is not None:
-                return self._past.bytes_of(image, key, self.seq)
-            raise BigDataNotKept(
-                f"the bytes of big-data item {key!r} of image {image.id} as of record {self.seq} were "
-                "overwritten or deleted since; the journal keeps only their size and digest "
-                f"({image.big_data_sizes.get(key)} bytes, {image.big_data_digests[key]})"
-            )
-        return self._read(image.id, key)
-
-    def _read_only(self, *_args: Any, **_kwargs: Any) -> NoReturn:
-        raise StoreIsReadOnly(f"a view of the store at record {self.seq} is read-only")
-
-    create = set_names = add_names = remove_names = delete = wipe = _read_only
-    set_metadata = set_flag = clear_flag = set_big_data = _read_only
-    add_mapped_top_layer = remove_mapped_top_layer = garbage_collect = compact = batch = _read_only
-
-
-class PastBytes:
-    """Big-data bytes an overwrite or a delete replaced, from the blobs the writer kept."""
-
-    def __init__(self, journal: Journal, blobs: Blobs, index: hx.HistoryIndex | None) -> None:
-        self._journal = journal
-        self._blobs = blobs
-        self._index = index
-
-    def bytes_of(self, image: Image, key: str, seq: int) -> bytes:
-        digest = image.big_data_digests[key]
-        size = image.big_data_sizes.get(key)
-        data = self._blobs.read(digest)  # the common case: the recorded digest is the bytes' sha256
-        if data is not None and (size is None or len(data) == size):
-            return data
-        replacer = self._replacer(image.id, key, seq)
-        if replacer is not None:
-            for entry in replacer.body.get("kept", ()):
-                if entry[0] == image.id and entry[1] == key:
-                    data = self._blobs.read(str(entry[2]))
-                    if data is not None:
-                        return data
-        raise BigDataNotKept(self._why(image, key, seq, replacer))
-
-    def _replacer(self, image_id: str, key: str, seq: int) -> jn.Record | None:
-        """The first record after `seq` that overwrote the item or deleted the image."""
-        index = self._index
-        if index is None:
-            return None
-        found: jn.Record | None = None
-        reader = hx.ChainReader(self._journal.disk, self._journal.dir)
-        try:
-            for rec in hx.linked_records(reader, index.last.get(image_id), image_id):
-                if rec.seq <= seq:
-                    break
-                for event in rec.body.get("events", ()):
-                    op = event.get("op")
-                    if event.get("id") == image_id and (
-                        op == ev.DELETE or (op == ev.SET_BIG_DATA and event.get("key") == key)
-                    ):
-                        found = rec
-        finally:
-            reader.close()
-        return found
-
-    def _why(self, image: Image, key: str, seq: int, replacer: jn.Record | None) -> str:
-        what = (
-            f"the bytes of big-data item {key!r} of image {image.id} as of record {seq} "
-            f"({image.big_data_sizes.get(key)} bytes, {image.big_data_digests[key]})"
-        )
-        first = self._journal.first_seq()
-        if replacer is None and first >= seq:
-            segs = self._journal.segments()
-            journal = self._journal
-            created = int(replay.header(journal.disk, journal.dir, segs[0]).get("created", 0)) if segs else 0
-            return (
-                f"{what} were overwritten or deleted after it; journal retention has dropped them with the record "
-                f"that replaced them: history now starts at record {first + 1} (segment {segs[0] if segs else '-'}, "
-                f"started {_utc(created).isoformat().replace('+00:00', 'Z')})"
-            )
-        if replacer is None:
-            return f"{what} were overwritten or deleted since and are not kept"
-        when = _utc(int(replacer.body.get("time", 0))).isoformat().replace("+00:00", "Z")
-        since = f"were overwritten or deleted by record {replacer.seq} ({when})"
-        if "chain" not in replacer.body:
-            return f"{what} {since}, written by a version of journalstore that kept no past bytes"
-        return (
-            f"{what} {since}; journal retention has dropped them since (history now starts at record "
-            f"{first + 1})"
-        )
-
-
-# ---------------------------------------------------------------------- verify and repair
-
-
-@dataclass
-class VerifyReport:
-    """What `verify` read and what it found wrong."""
-
-    segments: int = 0
-    records: int = 0
-    bytes: int = 0
-    snapshots: int = 0
-    first_seq: int = 0
-    last_seq: int = 0
-    problems: list[str] = field(default_factory=list)
-    damage: list[tuple[int, int]] = field(default_factory=list)  # (segment, offset)
-    blobs: int = 0  # kept past big-data bytes checked against their digests
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "segments": self.segments,
-            "records": self.records,
-            "bytes": self.bytes,
-            "snapshots_checked": self.snapshots,
-            "first_seq": self.first_seq,
-            "last_seq": self.last_seq,
-            "problems": self.problems,
-            "damage": [{"segment": s, "offset": o} for s, o in self.damage],
-            "blobs_checked": self.blobs,
-        }
-
-
-def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-    """Read every segment, check every checksum, and check that replay reproduces each snapshot.
-
-    `progress(bytes_done, bytes_total)` is called as segments are read.
-    """
-    journal = Journal(disk, root)
-    report = VerifyReport()
-    segs = journal.segments()
-    if not segs:
-        report.problems.append(f"{root}: no journal segments")
-        return report
-    sizes = {n: disk.stat(os.path.join(journal.dir, jn.segment_name(n))).st_size for n in segs}
-    total = sum(sizes.values())
-    report.segments = len(segs)
-    try:
-        metas = {n: replay.header(disk, journal.dir, n) for n in segs}
-    except JournalCorrupt as exc:
-        report.problems.append(str(exc))
-        report.damage.append((exc.segment, exc.offset))
-        return report
-    base = replay.base_state(disk, journal.dir, segs[0], True)
-    report.first_seq = int(metas[segs[0]].get("base_seq", 0))
-    if base is None:
-        report.problems.append(f"segment {segs[0]}: the snapshot it starts from is missing or damaged")
-        report.damage.append((segs[0], 0))
-        return report
-    # Each later segment's snapshot must equal the state replay reaches at its base record.
-    checks: dict[int, list[int]] = {}
-    for n in segs[1:]:
-        if metas[n].get("snapshot"):
-            checks.setdefault(int(metas[n].get("base_seq", -1)), []).append(n)
-    state = base
-
-    def check_snapshot() -> None:
-        for number in checks.pop(state.seq, ()):
-            check_one(number, metas[number]["snapshot"])
-
-    def check_one(number: int, reference: Mapping[str, Any]) -> None:
-        report.snapshots += 1
-        if snap.snapshot_digest(snap.encode(state)) != reference.get("xxh3"):
-            report.problems.append(
-                f"segment {number}: replaying the journal does not reproduce its snapshot {reference.get('file')}"
-            )
-        if replay.archive_bytes(disk, journal.dir, reference) is None and not (
-            number == segs[-1] and _images_json_matches(disk, root, reference)
-        ):
-            report.problems.append(f"segment {number}: its snapshot {reference.get('file')} is missing or damaged")
-
-    check_snapshot()  # a segment may start where the first one does (compacted before any record)
-    done = 0
-    for number in segs:
-        cursor = jn.Cursor(disk, journal.dir, number, writable=False)
-        if number != segs[0]:
-            cursor.skip_through = state.seq  # records copied over by a background compaction
-        try:
-            for rec in _one_segment(cursor, number):
-                replay.apply_record(state, rec)
-                report.records += 1
-                check_snapshot()
-            if cursor.tail is not None:
-                report.problems.append(
-                    f"segment {number}: unfinished record at offset {cursor.tail.offset} ({cursor.tail.reason}); "
-                    "the next write cuts it (a writer died mid-append)"
-                )
-                report.damage.append((number, cursor.tail.offset))
-        except JournalCorrupt as exc:
-            report.problems.append(str(exc))
-            report.damage.append((exc.segment, exc.offset))
-            return report
-        finally:
-            cursor.close()
-        done += sizes[number]
-        report.bytes += sizes[number]
-        if progress is not None:
-            progress(done, total)
-    verify_blobs(report, Blobs(disk, journal.dir, False))
-    for seq, numbers in checks.items():
-        for number in numbers:
-            report.problems.append(f"segment {number} starts after record {seq}, which replay never reached")
-    report.last_seq = state.seq
-    newest = metas[segs[-1]].get("snapshot")
-    if newest and not _images_json_matches(disk, root, newest):
-        report.problems.append(
-            "images.json differs from the newest snapshot (rewritten by another program, "
-            "or a compaction did not finish publishing it)"
-        )
-    return report
-
-
-def verify_blobs(report: VerifyReport, blobs: Blobs) -> None:
-    """Every kept past big-data blob must hash to the digest it is named by."""
-    for digest, path in blobs.listing():
-        report.blobs += 1
-        try:
-            data = blobs.disk.read_file(path)
-        except OSError as exc:
-            report.problems.append(f"blob {digest}: cannot be read ({exc})")
-            continue
-        if blob_digest(data) != digest:
-            report.problems.append(f"blob {path}: its bytes do not match its digest {digest}")
-
-
-def _images_json_matches(disk: Disk, root: str, reference: Mapping[str, Any]) -> bool:
-    try:
-        return snap.snapshot_digest(disk.read_file(os.path.join(root, snap.IMAGES_JSON))) == reference.get("xxh3")
-    except OSError:
-        return False
-
-
-def _one_segment(cursor: jn.Cursor, number: int) -> Iterator[jn.Record]:
-    """The records of one segment only (a cursor would follow into the next)."""
-    if cursor.segment != number or cursor.end_record is not None:
-        return
-    for rec in cursor.poll():
-        if rec.segment != number:
-            return
-        yield rec
-
-
-def repair(root: str, disk: Disk, offset: int, segment: int | None = None, force: bool = False) -> tuple[str, int]:
-    """Cut segment `segment` (default: the newest) at `offset`, keeping a copy of what was cut.
-
-    Refuses unless the bytes before `offset` are whole records (or `force`). Returns the path of
-    the copy and the number of bytes cut. Takes the writers' lock.
-    """
-    journal = Journal(disk, root)
-    segs = journal.segments()
-    if not segs:
-        raise StoreError(f"{root} has no journal")
-    number = segs[-1] if segment is None else segment
-    if number not in segs:
-        raise StoreError(f"segment {number} does not exist in {journal.dir}")
-    if number != segs[-1] and not force:
-        raise StoreError(
-            f"segment {number} is closed: cutting it would break the chain of later segments (use --force)"
-        )
-    path = os.path.join(journal.dir, jn.segment_name(number))
-    lock = WriterLock(disk, os.path.join(root, "images.lock"), 30.0)
-    lock.acquire()
-    try:
-        fd = disk.open(path, os.O_RDWR)
-        try:
-            _meta, start = jn.read_segment_header(disk, fd, number)
-            size = disk.size(fd)
-            if not start <= offset <= size:
-                raise StoreError(f"offset {offset} is outside segment {number} (records lie in {start}..{size})")
-            _records, stop, _damage = jn.scan(disk.pread(fd, offset - start, start), start)
-            if stop != offset and not force:
-                raise StoreError(
-                    f"offset {offset} is not the end of a whole record of segment {number} "
-                    f"(the whole records before it end at {stop}); use --force to cut anyway"
-                )
-            cut = disk.pread(fd, size - offset, offset)
-            copy = os.path.join(journal.dir, f"{jn.segment_name(number)}.cut-{offset}")
-            disk.write_file(copy, cut, sync=True)
-            disk.truncate(fd, offset)
-            disk.fsync(fd)
-        finally:
-            disk.close(fd)
-    finally:
-        lock.release()
-        lock.close()
-    return copy, len(cut)
 
 
 class Follower:

@@ -21,8 +21,9 @@ from typing import Any, Literal
 from . import events as ev
 from . import journal as jn
 from . import mutations, opening
-from .audit import Event, Follower, Journal, PastBytes, StoreView, VerifyReport, verify
+from .audit import Event, Follower, Journal
 from .bigdata import check_key, sha256_digest
+from .checking import VerifyReport, verify
 from .compaction import DEFAULT_COMPACT_BYTES, DEFAULT_COMPACT_EVERY, MIN_COMPACT_EVENTS, Compactor
 from .errors import BigDataUnknown, SizeUnknown, StoreError, StoreWarning
 from .fsio import DEFAULT_DISK, Disk
@@ -45,6 +46,7 @@ from .validation import (
     check_ref,
     check_str,
 )
+from .views import PastBytes, StoreView
 
 __all__ = [
     "DEFAULT_COMPACT_BYTES",

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..audit import Event, repair, verify
+from ..audit import Event
+from ..checking import repair, verify
 from ..errors import StoreError
 from .framework import (
     EXIT_ERROR,
