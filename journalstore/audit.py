@@ -296,12 +296,11 @@ class Journal:
         new = _new_tuple
         cursor = jn.Cursor(self.disk, self.dir, self.start_segment(since_seq), writable=False)
         try:
-            for batch in cursor.poll_batches():
-                for segment, offset, _end, body in batch:
-                    seq = int(body.get("seq", 0))
-                    ns = int(body.get("time", 0))
-                    for event in body.get("events", ()):
-                        yield new(Event, (seq, ns, str(event.get("op")), event.get("id"), event, segment, offset, body))
+            for segment, offset, _end, body in cursor.poll():
+                seq = int(body.get("seq", 0))
+                ns = int(body.get("time", 0))
+                for event in body.get("events", ()):
+                    yield new(Event, (seq, ns, str(event.get("op")), event.get("id"), event, segment, offset, body))
         finally:
             cursor.close()
 

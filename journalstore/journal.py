@@ -8,7 +8,6 @@ it) from damage with valid records after it (`JournalCorrupt`, never cut silentl
 
 from __future__ import annotations
 
-import gc
 import os
 import struct
 from collections.abc import Iterator
@@ -202,11 +201,6 @@ class Damage(NamedTuple):
     needed: int  # for an incomplete frame: bytes it needs from `offset`; 0 for a bad frame
 
 
-SCAN_BATCH = 128  # frames decoded together (one msgpack.Unpacker over their payloads)
-
-_new_record = tuple.__new__
-
-
 def scan(data: bytes, base: int, segment: int = 0) -> tuple[list[Record], int, Damage | None]:
     """Decode the whole frames of `data`, which starts at file offset `base`.
 
@@ -216,108 +210,28 @@ def scan(data: bytes, base: int, segment: int = 0) -> tuple[list[Record], int, D
     records: list[Record] = []
     view = memoryview(data)
     pos = 0
-    while True:
-        batch, pos, damage = scan_batch(data, view, pos, base, segment, len(data))
-        records += batch
-        if damage is not None or pos >= len(data) or not batch:
-            return records, base + pos, damage
-
-
-def scan_batch(
-    data: bytes, view: memoryview, pos: int, base: int, segment: int, count: int
-) -> tuple[list[Record], int, Damage | None]:
-    """Up to `count` whole frames of `data` from index `pos` (file offset `base` + `pos`).
-
-    Returns (records, index after the last whole frame, damage or None). Checksums are checked
-    frame by frame; the payloads are then decoded by one unpacker, each one checked to be
-    exactly one map, and decoded one by one (to find the bad one) if any is not.
-    """
-    starts: list[int] = []
-    parts: list[memoryview] = []
     limit = len(data)
-    damage: Damage | None = None
-    first = pos
-    while pos < limit and len(starts) < count:
+    while pos < limit:
         if pos + FRAME_OVERHEAD > limit:
-            damage = Damage(base + pos, "incomplete frame header", FRAME_OVERHEAD)
-            break
+            return records, base + pos, Damage(base + pos, "incomplete frame header", FRAME_OVERHEAD)
         magic, size, digest = _unpack_frame(data, pos)
         if magic != FRAME_MAGIC:
-            damage = Damage(base + pos, "bad frame magic", 0)
-            break
+            return records, base + pos, Damage(base + pos, "bad frame magic", 0)
         if size > MAX_FRAME:
-            damage = Damage(base + pos, f"frame length {size} exceeds the maximum", 0)
-            break
+            return records, base + pos, Damage(base + pos, f"frame length {size} exceeds the maximum", 0)
         end = pos + FRAME_OVERHEAD + size
         if end > limit:
-            damage = Damage(base + pos, "incomplete frame", FRAME_OVERHEAD + size)
-            break
+            return records, base + pos, Damage(base + pos, "incomplete frame", FRAME_OVERHEAD + size)
         payload = view[pos + FRAME_OVERHEAD : end]
         if _checksum(payload) != digest:
-            damage = Damage(base + pos, "checksum mismatch", 0)
-            break
-        starts.append(pos)
-        parts.append(payload)
-        pos = end
-    if not starts:
-        return [], pos, damage
-    records = _decode_together(starts, parts, base, segment)
-    if records is None:
-        return _decode_each(data, view, first, pos, base, segment, damage)
-    return records, pos, damage
-
-
-def _decode_together(starts: list[int], parts: list[memoryview], base: int, segment: int) -> list[Record] | None:
-    """The records of checksum-valid frames, or None if a payload is not exactly one msgpack map."""
-    joined = b"".join(parts)
-    unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True, max_buffer_size=max(len(joined), 1))
-    unpacker.feed(joined)
-    # Nothing decoded here forms cycles: collecting while hundreds of maps are built would only
-    # traverse them again and again.
-    collecting = gc.isenabled()
-    if collecting:
-        gc.disable()
-    try:
-        return _decoded(unpacker, starts, parts, base, segment)
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _decoded(
-    unpacker: msgpack.Unpacker, starts: list[int], parts: list[memoryview], base: int, segment: int
-) -> list[Record] | None:
-    records: list[Record] = []
-    append = records.append
-    tell = unpacker.tell
-    used = 0
-    try:
-        for start, payload, body in zip(starts, parts, unpacker, strict=False):
-            size = len(payload)
-            used += size
-            if tell() != used or type(body) is not dict:
-                return None
-            append(_new_record(Record, (segment, base + start, base + start + FRAME_OVERHEAD + size, body)))
-    except Exception:  # any decoding failure: find the bad frame one by one
-        return None
-    return records if len(records) == len(starts) else None
-
-
-def _decode_each(
-    data: bytes, view: memoryview, pos: int, stop: int, base: int, segment: int, damage: Damage | None
-) -> tuple[list[Record], int, Damage | None]:
-    """Decode the (checksum-valid) frames from `pos` to `stop` one by one, stopping at a bad one."""
-    records: list[Record] = []
-    while pos < stop:
-        size = _unpack_frame(data, pos)[1]
-        end = pos + FRAME_OVERHEAD + size
+            return records, base + pos, Damage(base + pos, "checksum mismatch", 0)
         try:
-            body = unpack(view[pos + FRAME_OVERHEAD : end])
+            body = unpack(payload)
         except Exception as exc:  # any decoding failure is damage
-            return records, pos, Damage(base + pos, f"undecodable payload ({exc.__class__.__name__})", 0)
+            return records, base + pos, Damage(base + pos, f"undecodable payload ({exc.__class__.__name__})", 0)
         records.append(Record(segment, base + pos, base + end, body))
         pos = end
-    return records, pos, damage
+    return records, base + pos, None
 
 
 class Tail(NamedTuple):
@@ -418,18 +332,8 @@ class Cursor:
         """Yield every new commit record, following end markers into the next segment.
 
         Raises JournalCorrupt on damage that is not a torn tail; sets `tail` when unfinished
-        bytes remain at the end. While a record is being handled, `offset` is its end.
+        bytes remain at the end.
         """
-        for batch in self.poll_batches():
-            after = self.offset
-            for rec in batch:
-                self.offset = rec.end
-                yield rec
-            self.offset = after
-
-    def poll_batches(self) -> Iterator[list[Record]]:
-        """`poll()` a batch of records at a time: `offset` is the end of the batch meanwhile
-        (a caller that stops in the middle of a batch must not use this cursor again)."""
         while True:
             if self.end_record is not None:
                 nxt = self.segment + 1
@@ -453,7 +357,7 @@ class Cursor:
             if self.end_record is None:
                 return
 
-    def _read_to(self, size: int) -> Iterator[list[Record]]:
+    def _read_to(self, size: int) -> Iterator[Record]:
         self.tail = None
         self.dangling_prepare = None
         pending: Record | None = None
@@ -464,42 +368,29 @@ class Cursor:
             if not data:
                 break  # the file shrank under us: a writer cut a tail; read again next poll
             want = READ_CHUNK
-            view = memoryview(data)
-            at = 0
-            damage: Damage | None = None
-            while at < len(data):
-                records, at, damage = scan_batch(data, view, at, pos, self.segment, SCAN_BATCH)
-                out: list[Record] = []
-                skip = self.skip_through
-                for rec in records:
-                    kind = rec.body.get("type", COMMIT)
-                    if kind == PREPARE:
-                        pending = rec
-                    elif kind == END:
-                        if out:
-                            yield out
-                        if pending is not None or rec.end < size:
-                            raise JournalCorrupt(
-                                f"segment {self.segment}: end marker at offset {rec.offset} "
-                                "is not the last record",
-                                segment=self.segment,
-                                offset=rec.offset,
-                            )
-                        self.offset = rec.end
-                        self.end_record = rec
-                        self.seen_size = size
-                        return
-                    else:
-                        pending = None
-                        self.offset = rec.end
-                        if skip and int(rec.body.get("seq", 0)) <= skip:
-                            continue  # a copy of a record applied from the previous segment
-                        out.append(rec)
-                if out:
-                    yield out
-                if damage is not None or not records:
-                    break
-            stop = pos + at
+            records, stop, damage = scan(data, pos, self.segment)
+            for rec in records:
+                kind = rec.kind
+                if kind == PREPARE:
+                    pending = rec
+                elif kind == END:
+                    if pending is not None or rec.end < size:
+                        raise JournalCorrupt(
+                            f"segment {self.segment}: end marker at offset {rec.offset} "
+                            "is not the last record",
+                            segment=self.segment,
+                            offset=rec.offset,
+                        )
+                    self.offset = rec.end
+                    self.end_record = rec
+                    self.seen_size = size
+                    return
+                else:
+                    pending = None
+                    self.offset = rec.end
+                    if self.skip_through and int(rec.body.get("seq", 0)) <= self.skip_through:
+                        continue  # a copy of a record applied from the previous segment
+                    yield rec
             pos = stop
             if damage is None:
                 continue
