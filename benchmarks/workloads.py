@@ -216,6 +216,19 @@ def expect(condition: bool, message: str) -> None:
         raise BenchmarkError(message)
 
 
+def timed_add_names(adapter: Adapter, work: list[tuple[str, str]], workload: str) -> float:
+    """Seconds for one add-names per (image, name), timed alone; then each checked by a lookup."""
+    add = adapter.add_names
+    gc.collect()
+    t0 = perf()
+    for image_id, name in work:
+        add(image_id, [name])
+    elapsed = perf() - t0
+    for image_id, name in work:
+        check_get(adapter, name, image_id, f"{workload}: get by the new name", first_name=name)
+    return elapsed
+
+
 def check_get(adapter: Adapter, ref: str, want_id: str, what: str, first_name: str | None = None) -> Found:
     try:
         found = adapter.get(ref)
@@ -551,14 +564,7 @@ class Harness:
             adapter = stores[impl]
             idx = self.targets(size, counts[impl], f"add-names-{rep}")
             work = [(specs[i].id, f"registry.example/extra/rep{rep}/app{i}:latest") for i in idx]
-            add = adapter.add_names
-            gc.collect()
-            t0 = perf()
-            for image_id, name in work:
-                add(image_id, [name])
-            elapsed = perf() - t0
-            for image_id, name in work:
-                check_get(adapter, name, image_id, "add-names: get by the new name", first_name=name)
+            elapsed = timed_add_names(adapter, work, "add-names")
             return elapsed / len(work) * 1e6
 
         values = self.interleave(list(stores), rep_fn)
@@ -1117,14 +1123,7 @@ class SharedRun:
                 else:
                     idx = h.targets(size, ops[impl], f"{workload}-{fs}-{rep}")
                     work = [(specs[i].id, f"registry.example/shared/{fs}/rep{rep}/app{i}:latest") for i in idx]
-                    add = adapter.add_names
-                    gc.collect()
-                    t0 = perf()
-                    for image_id, name in work:
-                        add(image_id, [name])
-                    elapsed = perf() - t0
-                    for image_id, name in work:
-                        check_get(adapter, name, image_id, f"{workload}: get by the new name", first_name=name)
+                    elapsed = timed_add_names(adapter, work, workload)
                     last = work[-1][1]
                 if impl == "journalstore":
                     h.check_published(path, last, lock_before, workload)
