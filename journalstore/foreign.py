@@ -198,17 +198,28 @@ def go_saved(live: Live, head: bytes) -> pub.LockBytes | None:
         # Go never removes images.json: with our mark it was there, and read_go_save reports
         # its loss; without, we never published, and there is nothing Go saved to read.
         return None if lock.mark is None else lock
-    digest = pub.digest(data)
-    ours = set() if lock.mark is None else {lock.mark.xxh3}
-    cursor = live.cursor
-    reference = None if cursor is None else cursor.header.get("snapshot")
-    if reference and reference.get("xxh3"):
-        ours.add(int(str(reference["xxh3"]), 16))
-    if live.shared and not live.overlay:
-        ours.add(pub.digest(live.encoder.encode(live.state)))
-    if digest in ours or is_our_snapshot(live):
+    if published_by_us(live, pub.digest(data), lock.mark):
         return None  # one of our snapshots (after a power cut, maybe an older one: republished)
     return lock
+
+
+def snapshot_xxh3(live: Live) -> int | None:
+    """The checksum of the snapshot the current segment starts from (None: it starts from none)."""
+    cursor = live.cursor
+    reference = None if cursor is None else cursor.header.get("snapshot")
+    return int(str(reference["xxh3"]), 16) if reference and reference.get("xxh3") else None
+
+
+def published_by_us(live: Live, digest: int, mark: pub.Mark | None) -> bool:
+    """Whether images.json with this checksum is one we published: the one our mark names, the
+    current snapshot, any archived one, or (shared) the encoding of our state now."""
+    ours = {mark.xxh3} if mark is not None else set()
+    current = snapshot_xxh3(live)
+    if current is not None:
+        ours.add(current)
+    if live.shared and not live.overlay:
+        ours.add(pub.digest(live.encoder.encode(live.state)))
+    return digest in ours or is_our_snapshot(live)
 
 
 def damage(live: Live, why: str, *, acceptable: bool = True) -> StoreError:

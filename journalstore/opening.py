@@ -243,7 +243,7 @@ def _publication_problem(live: Live, head: bytes) -> StoreError | None:
         return None
     digest = pub.digest(data)
     reference = cursor.header.get("snapshot") or {}
-    snapshot_digest = int(str(reference["xxh3"]), 16) if reference.get("xxh3") else None
+    snapshot_digest = foreign.snapshot_xxh3(live)
     if digest == mark.xxh3:
         live.lock_seen = head
         if live.shared:
@@ -251,10 +251,7 @@ def _publication_problem(live: Live, head: bytes) -> StoreError | None:
         else:  # a compaction that stopped before publishing its snapshot
             live.publish_pending = snapshot_digest is not None and digest != snapshot_digest
         return None
-    ours = {snapshot_digest} if snapshot_digest is not None else set()
-    if live.shared:
-        ours.add(pub.digest(live.encoder.encode(live.state)))
-    if digest in ours or foreign.is_our_snapshot(live):
+    if foreign.published_by_us(live, digest, None):
         live.publish_pending = True  # a publication that stopped (or a power cut undid) part way
         return None
     if reference.get("file"):
