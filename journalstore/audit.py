@@ -271,7 +271,11 @@ class Journal:
                     StoreWarning,
                     stacklevel=3,
                 )
-            source = self._all_events(since_seq)
+            if since_seq is None and since_ns is None and until_seq is None and until_ns is None and wanted is None:
+                for batch in self._all_event_batches(None):  # the common case, at full speed
+                    yield from batch
+                return
+            source: Iterator[Event] = (event for batch in self._all_event_batches(since_seq) for event in batch)
         elif index is not None:
             source = self._linked_events(self.resolve(ref, current, index), index, since_seq, first)
         else:
@@ -292,15 +296,18 @@ class Journal:
                 continue
             yield event
 
-    def _all_events(self, since_seq: int | None) -> Iterator[Event]:
+    def _all_event_batches(self, since_seq: int | None) -> Iterator[list[Event]]:
+        """Every event from the segment holding `since_seq`, a list per batch of records."""
         new = _new_tuple
         cursor = jn.Cursor(self.disk, self.dir, self.start_segment(since_seq), writable=False)
         try:
-            for segment, offset, _end, body in cursor.poll():
-                seq = int(body.get("seq", 0))
-                ns = int(body.get("time", 0))
-                for event in body.get("events", ()):
-                    yield new(Event, (seq, ns, str(event.get("op")), event.get("id"), event, segment, offset, body))
+            for batch in cursor.poll_batches():
+                yield [
+                    new(Event, (int(body.get("seq", 0)), int(body.get("time", 0)), str(event.get("op")),
+                                event.get("id"), event, segment, offset, body))
+                    for segment, offset, _end, body in batch
+                    for event in body.get("events", ())
+                ]
         finally:
             cursor.close()
 

@@ -8,6 +8,7 @@ it) from damage with valid records after it (`JournalCorrupt`, never cut silentl
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 from collections.abc import Iterator
@@ -201,6 +202,11 @@ class Damage(NamedTuple):
     needed: int  # for an incomplete frame: bytes it needs from `offset`; 0 for a bad frame
 
 
+SCAN_BATCH = 128  # frames decoded together (one msgpack.Unpacker over their payloads)
+
+_new_record = tuple.__new__
+
+
 def scan(data: bytes, base: int, segment: int = 0) -> tuple[list[Record], int, Damage | None]:
     """Decode the whole frames of `data`, which starts at file offset `base`.
 
@@ -210,28 +216,109 @@ def scan(data: bytes, base: int, segment: int = 0) -> tuple[list[Record], int, D
     records: list[Record] = []
     view = memoryview(data)
     pos = 0
+    while True:
+        batch, pos, damage = scan_batch(data, view, pos, base, segment, len(data))
+        records += batch
+        if damage is not None or pos >= len(data) or not batch:
+            return records, base + pos, damage
+
+
+def scan_batch(
+    data: bytes, view: memoryview, pos: int, base: int, segment: int, count: int
+) -> tuple[list[Record], int, Damage | None]:
+    """Up to `count` whole frames of `data` from index `pos` (file offset `base` + `pos`).
+
+    Returns (records, index after the last whole frame, damage or None). Checksums are checked
+    frame by frame; the payloads are then decoded by one unpacker, each one checked to be
+    exactly one map, and decoded one by one (to find the bad one) if any is not.
+    """
+    starts: list[int] = []
+    parts: list[memoryview] = []
     limit = len(data)
-    while pos < limit:
+    damage: Damage | None = None
+    first = pos
+    while pos < limit and len(starts) < count:
         if pos + FRAME_OVERHEAD > limit:
-            return records, base + pos, Damage(base + pos, "incomplete frame header", FRAME_OVERHEAD)
+            damage = Damage(base + pos, "incomplete frame header", FRAME_OVERHEAD)
+            break
         magic, size, digest = _unpack_frame(data, pos)
         if magic != FRAME_MAGIC:
-            return records, base + pos, Damage(base + pos, "bad frame magic", 0)
+            damage = Damage(base + pos, "bad frame magic", 0)
+            break
         if size > MAX_FRAME:
-            return records, base + pos, Damage(base + pos, f"frame length {size} exceeds the maximum", 0)
+            damage = Damage(base + pos, f"frame length {size} exceeds the maximum", 0)
+            break
         end = pos + FRAME_OVERHEAD + size
         if end > limit:
-            return records, base + pos, Damage(base + pos, "incomplete frame", FRAME_OVERHEAD + size)
+            damage = Damage(base + pos, "incomplete frame", FRAME_OVERHEAD + size)
+            break
         payload = view[pos + FRAME_OVERHEAD : end]
         if _checksum(payload) != digest:
-            return records, base + pos, Damage(base + pos, "checksum mismatch", 0)
+            damage = Damage(base + pos, "checksum mismatch", 0)
+            break
+        starts.append(pos)
+        parts.append(payload)
+        pos = end
+    if not starts:
+        return [], pos, damage
+    records = _decode_together(starts, parts, base, segment)
+    if records is None:
+        return _decode_each(data, view, first, pos, base, segment, damage)
+    return records, pos, damage
+
+
+def _decode_together(starts: list[int], parts: list[memoryview], base: int, segment: int) -> list[Record] | None:
+    """The records of checksum-valid frames, or None if a payload is not exactly one msgpack map."""
+    joined = b"".join(parts)
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True, max_buffer_size=max(len(joined), 1))
+    unpacker.feed(joined)
+    # Nothing decoded here forms cycles: collecting while hundreds of maps are built would only
+    # traverse them again and again.
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()
+    try:
+        return _decoded(unpacker, starts, parts, base, segment)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _decoded(
+    unpacker: msgpack.Unpacker, starts: list[int], parts: list[memoryview], base: int, segment: int
+) -> list[Record] | None:
+    records: list[Record] = []
+    append = records.append
+    tell = unpacker.tell
+    new = _new_record
+    used = 0
+    try:
+        for start, payload, body in zip(starts, parts, unpacker, strict=False):
+            size = len(payload)
+            used += size
+            if tell() != used or type(body) is not dict:
+                return None  # each payload must be exactly one map
+            append(new(Record, (segment, base + start, base + start + FRAME_OVERHEAD + size, body)))
+    except Exception:  # any decoding failure: find the bad frame one by one
+        return None
+    return records if len(records) == len(starts) else None
+
+
+def _decode_each(
+    data: bytes, view: memoryview, pos: int, stop: int, base: int, segment: int, damage: Damage | None
+) -> tuple[list[Record], int, Damage | None]:
+    """Decode the (checksum-valid) frames from `pos` to `stop` one by one, stopping at a bad one."""
+    records: list[Record] = []
+    while pos < stop:
+        size = _unpack_frame(data, pos)[1]
+        end = pos + FRAME_OVERHEAD + size
         try:
-            body = unpack(payload)
+            body = unpack(view[pos + FRAME_OVERHEAD : end])
         except Exception as exc:  # any decoding failure is damage
-            return records, base + pos, Damage(base + pos, f"undecodable payload ({exc.__class__.__name__})", 0)
+            return records, pos, Damage(base + pos, f"undecodable payload ({exc.__class__.__name__})", 0)
         records.append(Record(segment, base + pos, base + end, body))
         pos = end
-    return records, base + pos, None
+    return records, pos, damage
 
 
 class Tail(NamedTuple):
@@ -332,14 +419,25 @@ class Cursor:
         """Yield every new commit record, following end markers into the next segment.
 
         Raises JournalCorrupt on damage that is not a torn tail; sets `tail` when unfinished
-        bytes remain at the end.
+        bytes remain at the end. While a record is being handled, `offset` is its end.
         """
+        for batch in self.poll_batches():
+            after = self.offset
+            for rec in batch:
+                self.offset = rec.end
+                yield rec
+            self.offset = after
+
+    def poll_batches(self) -> Iterator[list[Record]]:
+        """`poll()` a batch of records at a time: `offset` is the end of the batch meanwhile
+        (a caller that stops in the middle of a batch must not use this cursor again)."""
         while True:
             if self.end_record is not None:
                 nxt = self.segment + 1
                 if not self.disk.exists(self.path(nxt)):
                     return  # the compaction that wrote the marker has not created it yet
                 last = int(self.end_record.body.get("seq", -1))
+                ended_at = self.end_record.offset
                 self._open(nxt)
                 base = self.header.get("base_seq")
                 if not isinstance(base, int) or base > last:
@@ -349,6 +447,7 @@ class Cursor:
                         offset=0,
                     )
                 self.skip_through = last  # records a background compaction copied over: seen already
+                self._step_over_copies(ended_at)
                 continue
             size = self.disk.size(self.fd)
             if size == self.seen_size and self.tail is None:
@@ -357,7 +456,39 @@ class Cursor:
             if self.end_record is None:
                 return
 
-    def _read_to(self, size: int) -> Iterator[Record]:
+    def _step_over_copies(self, end_offset: int) -> None:
+        """Just after crossing into a new segment: move past its leading copies of records the
+        previous segment already held (those after its snapshot), checking their frames but not
+        decoding them. The previous segment's end marker at `end_offset` and the snapshot its
+        successor names say how many bytes were copied; if the frames do not end exactly there,
+        nothing is skipped and the copies are read and stepped over one by one, by `skip_through`."""
+        snapshot = self.header.get("snapshot")
+        start = snapshot.get("offset") if isinstance(snapshot, dict) else None
+        if type(start) is not int or not 0 <= start <= end_offset:
+            return
+        copied = end_offset - start
+        if not copied:
+            return
+        if copied > MAX_FRAME * 4:
+            return  # not worth a guess: read them
+        data = self.disk.pread(self.fd, copied, self.offset)
+        if len(data) != copied:
+            return
+        view = memoryview(data)
+        pos = last = 0
+        while 0 <= pos < copied:
+            last = pos
+            pos = valid_frame_at(view, pos)  # magic, length and checksum; -1 if not a frame
+        if pos != copied:
+            return
+        try:  # the last copy must be the previous segment's last record
+            body = unpack(view[last + FRAME_OVERHEAD :])
+        except Exception:
+            return
+        if body.get("type", COMMIT) == COMMIT and body.get("seq") == self.skip_through:
+            self.offset += copied
+
+    def _read_to(self, size: int) -> Iterator[list[Record]]:
         self.tail = None
         self.dangling_prepare = None
         pending: Record | None = None
@@ -368,44 +499,69 @@ class Cursor:
             if not data:
                 break  # the file shrank under us: a writer cut a tail; read again next poll
             want = READ_CHUNK
-            records, stop, damage = scan(data, pos, self.segment)
-            for rec in records:
-                kind = rec.kind
-                if kind == PREPARE:
-                    pending = rec
-                elif kind == END:
-                    if pending is not None or rec.end < size:
-                        raise JournalCorrupt(
-                            f"segment {self.segment}: end marker at offset {rec.offset} "
-                            "is not the last record",
-                            segment=self.segment,
-                            offset=rec.offset,
-                        )
-                    self.offset = rec.end
-                    self.end_record = rec
-                    self.seen_size = size
-                    return
-                else:
-                    pending = None
-                    self.offset = rec.end
-                    if self.skip_through and int(rec.body.get("seq", 0)) <= self.skip_through:
-                        continue  # a copy of a record applied from the previous segment
-                    yield rec
+            view = memoryview(data)
+            at = 0
+            damage: Damage | None = None
+            while at < len(data):
+                records, at, damage = scan_batch(data, view, at, pos, self.segment, SCAN_BATCH)
+                skip = self.skip_through
+                if records and not skip:
+                    kinds = [body.get("type", COMMIT) for _s, _o, _e, body in records]
+                    if PREPARE not in kinds and END not in kinds:  # the usual batch: commits only
+                        pending = None
+                        self.offset = records[-1].end
+                        yield records
+                        if damage is not None:
+                            break
+                        continue
+                out: list[Record] = []
+                for rec in records:
+                    kind = rec.body.get("type", COMMIT)
+                    if kind == PREPARE:
+                        pending = rec
+                    elif kind == END:
+                        if out:
+                            yield out
+                        if pending is not None or rec.end < size:
+                            raise JournalCorrupt(
+                                f"segment {self.segment}: end marker at offset {rec.offset} "
+                                "is not the last record",
+                                segment=self.segment,
+                                offset=rec.offset,
+                            )
+                        self.offset = rec.end
+                        self.end_record = rec
+                        self.seen_size = size
+                        return
+                    else:
+                        pending = None
+                        self.offset = rec.end
+                        if skip and int(rec.body.get("seq", 0)) <= skip:
+                            continue  # a copy of a record applied from the previous segment
+                        out.append(rec)
+                if out:
+                    yield out
+                if damage is not None or not records:
+                    break
+            stop = pos + at
             pos = stop
             if damage is None:
                 continue
             if damage.needed and damage.offset + damage.needed <= size:
                 want = max(READ_CHUNK, damage.needed)  # only the read size cut this frame
                 continue
-            self._classify(damage, size)
+            if self._classify(damage, size):
+                size = self.disk.size(self.fd)  # the rest was written while we read: read it too
+                continue
             break
         if pending is not None:
             self.dangling_prepare = pending
             self.tail = Tail(self.segment, pending.offset, "big-data write prepared but never committed")
         self.seen_size = size
 
-    def _classify(self, damage: Damage, size: int) -> None:
-        """A torn tail (nothing valid after it, in the newest segment) or corruption (raise)."""
+    def _classify(self, damage: Damage, size: int) -> bool:
+        """A torn tail (nothing valid after it, in the newest segment), corruption (raise), or a
+        frame still being written when the size was taken (True: read again to the new size)."""
         rest = self.disk.pread(self.fd, size - damage.offset, damage.offset)
         later = find_valid_frame(rest, 1)
         if later != -1:
@@ -416,6 +572,11 @@ class Cursor:
                 offset=damage.offset,
             )
         if self.disk.exists(self.path(self.segment + 1)):
+            # A writer closes a segment only after its last append, so once the next segment
+            # exists the size is final: an incomplete frame within a larger size was being
+            # written when we looked, not cut short.
+            if damage.needed and self.disk.size(self.fd) > size:
+                return True
             raise JournalCorrupt(
                 f"segment {self.segment}: damaged record at offset {damage.offset} "
                 f"({damage.reason}) in a closed segment",
@@ -430,6 +591,7 @@ class Cursor:
                 offset=damage.offset,
             )
         self.tail = Tail(self.segment, damage.offset, damage.reason)
+        return False
 
     # ------------------------------------------------------------------ writing
 

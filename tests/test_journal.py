@@ -236,6 +236,36 @@ def test_reader_ignores_a_record_being_written(tmp_path: Path) -> None:
         assert r.refresh() is True and r.exists("half")
 
 
+class _SizeTakenMidWrite(type(DEFAULT_DISK)):  # type: ignore[misc]
+    """A disk whose first size of segment 1 is taken while its last frame was half written:
+    what a reader sees when it looks just before a writer finishes an append and rotates."""
+
+    def __init__(self, seen: int) -> None:
+        self.seen = seen
+
+    def size(self, fd: int) -> int:
+        if self.seen:
+            seen, self.seen = self.seen, 0
+            return seen
+        return super().size(fd)
+
+
+def test_a_frame_finished_while_the_segment_closed_is_not_damage(tmp_path: Path) -> None:
+    # Found by make stress: a reader took the size mid-append, the writer then finished the frame
+    # and rotated, and the reader called the half frame damage "in a closed segment".
+    root = tmp_path / "s"
+    with ImageStore(root, fsync="never", compact_every=None) as s:
+        for i in range(5):
+            s.create(names=[f"n{i}"], metadata="m" * 3000)
+        s.compact()  # segment 1 ends with an end marker; segment 2 exists
+    last = records_of(segment_path(root))[-2]  # the last commit, before the end marker
+    whole = [r.seq for r in jn.Cursor(DEFAULT_DISK, str(root / "journal"), 1, writable=False).poll()]
+    disk = _SizeTakenMidWrite(last.offset + (last.end - last.offset) // 2)
+    cursor = jn.Cursor(disk, str(root / "journal"), 1, writable=False)
+    assert [r.seq for r in cursor.poll()] == whole
+    assert cursor.tail is None
+
+
 def test_record_with_wrong_sequence_number_is_corruption(tmp_path: Path) -> None:
     root = tmp_path / "s"
     make_store(root, 1)

@@ -242,6 +242,61 @@ def test_writes_go_on_while_a_compaction_runs_in_the_background(tmp_path: Path) 
         assert [i.to_json() for i in cold.at(22).images()] == expected[:22]
 
 
+def _store_with_copies(root: Path) -> None:
+    """26 records: 20 in the snapshot segment 2 starts from, 5 copied over by the rotation, 1 after."""
+    disk = SlowArchiveDisk()
+    with ImageStore(root, fsync="never", compact_every=20, disk=disk) as s:
+        for i in range(20):
+            s.create(names=[f"before-{i}"])
+        assert disk.started.wait(10)
+        for i in range(5):
+            s.create(names=[f"during-{i}"])
+        disk.release.set()
+        s.wait_for_compaction()
+        s.create(names=["after"])
+
+
+def test_a_reader_crossing_a_rotation_steps_over_the_copies_without_decoding_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "s"
+    _store_with_copies(root)
+    decoded: list[int] = []
+    real = jn._decoded
+
+    def counting(unpacker: Any, starts: list[int], *args: Any) -> Any:
+        decoded.append(len(starts))
+        return real(unpacker, starts, *args)
+
+    monkeypatch.setattr(jn, "_decoded", counting)
+    cursor = jn.Cursor(jn_disk(), str(root / "journal"), 1, writable=False)
+    assert [r.seq for r in cursor.poll()] == list(range(1, 27))
+    assert sum(decoded) == 25 + 1 + 1  # segment 1 with its end marker, then only "after"
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_a_snapshot_offset_that_does_not_match_the_copies_only_costs_speed(tmp_path: Path, shift: int) -> None:
+    # The copied length comes from the header's snapshot offset; if it is wrong by a frame either
+    # way, the frames still line up, but the reader must neither skip a new record nor repeat one.
+    root = tmp_path / "s"
+    _store_with_copies(root)
+    first = jn.Cursor(jn_disk(), str(root / "journal"), 1, writable=False)
+    records = [r for r in first.poll() if r.segment == 1]
+    seg2 = root / "journal" / jn.segment_name(2)
+    data = seg2.read_bytes()
+    meta, start = jn.decode_segment_header(data, 2)
+    offset = meta["snapshot"]["offset"]
+    at = next(i for i, r in enumerate(records) if r.offset == offset)
+    meta["snapshot"]["offset"] = records[at + shift].offset  # one frame more, or one less
+    seg2.write_bytes(jn.encode_segment_header(meta) + data[start:])
+    cursor = jn.Cursor(jn_disk(), str(root / "journal"), 1, writable=False)
+    assert [r.seq for r in cursor.poll()] == list(range(1, 27))
+
+
+def jn_disk() -> Disk:
+    return Disk()
+
+
 def test_reader_follows_a_rotation_without_reloading(tmp_path: Path) -> None:
     root = tmp_path / "s"
     disk = CountingDisk()
