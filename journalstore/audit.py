@@ -8,6 +8,7 @@ streams: a journal of a million records is never held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
@@ -21,6 +22,7 @@ from . import events as ev
 from . import history_index as hx
 from . import journal as jn
 from . import replay
+from . import snapshot as snap
 from .checking import VerifyReport, repair, verify  # re-exported (see __all__): they lived here
 from .errors import (
     BigDataNotKept,
@@ -30,7 +32,7 @@ from .errors import (
     StoreError,
     StoreWarning,
 )
-from .fsio import Disk
+from .fsio import Disk, PinnedDisk
 from .record import Image, time_from_datetime
 from .reducer import State, apply
 
@@ -430,6 +432,38 @@ class Journal:
         with replay.gc_paused():
             return self._state_at(when)
 
+    def pinned(self, seq: int) -> Journal:
+        """This journal as `state_at(seq)` will need it later: the segment that holds record
+        `seq` and the snapshot it starts from are kept open, so pruning cannot take them away."""
+        segs = self.segments()
+        names: list[str] = []
+        for number in reversed(segs):
+            with contextlib.suppress(OSError, JournalCorrupt):
+                meta = replay.header(self.disk, self.dir, number)
+                if int(meta.get("base_seq", 0)) > seq:
+                    continue
+                names = [jn.segment_name(number), snap.twin_name(number)]
+                reference = meta.get("snapshot")
+                if isinstance(reference, Mapping):
+                    names.append(os.path.basename(str(reference.get("file"))))
+                break
+        return Journal(PinnedDisk(self.disk, self.dir, names), self.root)
+
+    def check_moment(self, seq: int, last: int) -> None:
+        """Raise what `state_at(seq)` would for a record before the journal's start or after
+        `last` (the newest record), without rebuilding anything."""
+        _bound(seq, "when")
+        self._check_kept(seq, self.first_seq())
+        if seq > last:
+            raise StoreError(f"record {seq} does not exist yet (the journal ends at record {last})")
+
+    def _check_kept(self, seq: int, first: int) -> None:
+        if seq < first:
+            raise HistoryPruned(
+                f"the state at record {seq} cannot be rebuilt: the journal of {self.root} starts after record {first}",
+                first_seq=first,
+            )
+
     def _state_at(self, when: int | datetime) -> State:
         seq, ns = _bound(when, "when")
         segs = self.segments()
@@ -437,12 +471,7 @@ class Journal:
             raise StoreError(f"{self.root} has no journal")
         first = self.first_seq()
         if seq is not None:
-            if seq < first:
-                raise HistoryPruned(
-                    f"the state at record {seq} cannot be rebuilt: the journal of {self.root} starts "
-                    f"after record {first}",
-                    first_seq=first,
-                )
+            self._check_kept(seq, first)
             found = replay.nearest_base(self.disk, self.dir, seq)
             if found is None:
                 raise HistoryPruned(f"no snapshot to rebuild record {seq} from", first_seq=first)

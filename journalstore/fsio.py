@@ -6,10 +6,12 @@ drop what was not synced (a simulated power cut) or to inject a fault at any ste
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import stat as stat_mod
+import weakref
 
 
 class Disk:
@@ -128,3 +130,80 @@ class Disk:
 
 
 DEFAULT_DISK = Disk()
+
+
+class PinnedDisk(Disk):
+    """A read-only disk that keeps some files of one directory readable after they are deleted.
+
+    The files are opened when it is made; later, `listdir` of that directory shows only them,
+    and opening or reading one reads the open file, whatever was unlinked meanwhile. A view of
+    the past holds one, so that journal retention cannot take away what it may still need to
+    rebuild. Every other path goes to the disk it wraps; nothing can be written.
+    """
+
+    def __init__(self, disk: Disk, directory: str, names: list[str]) -> None:
+        self._disk = disk
+        self._dir = directory
+        self._fds: dict[str, int] = {}
+        for name in names:
+            try:
+                self._fds[os.path.join(directory, name)] = disk.open(os.path.join(directory, name), os.O_RDONLY)
+            except OSError:
+                continue  # gone already: the rebuild will say what is missing
+        self._closer = weakref.finalize(self, _close_all, disk, list(self._fds.values()))
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        pinned = self._fds.get(path)
+        if pinned is not None and flags == os.O_RDONLY:
+            return os.dup(pinned)
+        return self._disk.open(path, flags, mode)
+
+    def close(self, fd: int) -> None:
+        self._disk.close(fd)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return self._disk.pread(fd, size, offset)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return self._disk.fstat(fd)
+
+    def size(self, fd: int) -> int:
+        return self._disk.size(fd)
+
+    def stat(self, path: str) -> os.stat_result:
+        pinned = self._fds.get(path)
+        return self._disk.fstat(pinned) if pinned is not None else self._disk.stat(path)
+
+    def exists(self, path: str) -> bool:
+        return path in self._fds or self._disk.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return path not in self._fds and self._disk.is_dir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        if os.path.normpath(path) == os.path.normpath(self._dir):
+            return [os.path.basename(p) for p in self._fds]
+        return self._disk.listdir(path)
+
+    def read_file(self, path: str) -> bytes:
+        pinned = self._fds.get(path)
+        if pinned is None:
+            return self._disk.read_file(path)
+        return self._disk.pread(pinned, self._disk.size(pinned), 0)
+
+    def _refuse(self, *_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EROFS, "a pinned disk is read-only")
+
+    write = pwrite = fsync = fdatasync = truncate = rename = link = unlink = _refuse
+    mkdir = makedirs = rmdir = rmtree = fsync_dir = write_file = _refuse
+
+    def close_all(self) -> None:
+        """Let the pinned files go (also done when the disk is garbage collected)."""
+        self._closer()
+        self._fds.clear()
+
+
+def _close_all(disk: Disk, fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            disk.close(fd)

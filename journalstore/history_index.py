@@ -13,6 +13,7 @@ is found by a scan). docs/journal-format.md, "History links", is the byte-level 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import struct
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 Pointer = tuple[int, int, int]  # (seq, segment, offset) of a commit record
 
+MARK_EVERY = 64  # every image's 64th, 128th, ... linked record is remembered: a walk to a moment
+# in the past starts at most this many records after it, however long the image's history since
+
 SIDECAR_MAGIC = b"JSTORHIX"
 SIDECAR_VERSION = 1
 _SIDECAR_HEADER = struct.Struct("<8sHHIQ")  # magic, version, reserved, unused, payload xxh3
@@ -50,7 +54,7 @@ class HistoryIndex:
     record from this one on (names and blobs are complete from there).
     """
 
-    __slots__ = ("blobs", "chain_from", "last", "names", "origin", "seq")
+    __slots__ = ("blobs", "chain_from", "counts", "last", "marks", "names", "origin", "seq")
 
     def __init__(self, seq: int, chain_from: int, origin: int) -> None:
         self.seq = seq
@@ -59,6 +63,8 @@ class HistoryIndex:
         self.last: dict[str, Pointer] = {}
         self.names: dict[str, str] = {}
         self.blobs: dict[str, int] = {}  # blob digest -> newest record that kept it
+        self.counts: dict[str, int] = {}  # image ID -> linked records noted
+        self.marks: dict[str, tuple[Pointer, ...]] = {}  # image ID -> every MARK_EVERY-th of them
 
     @classmethod
     def fresh(cls, state: State) -> HistoryIndex:
@@ -72,7 +78,19 @@ class HistoryIndex:
         other.last = dict(self.last)
         other.names = dict(self.names)
         other.blobs = dict(self.blobs)
+        other.counts = dict(self.counts)
+        other.marks = dict(self.marks)  # tuples: appending replaces them, so sharing is safe
         return other
+
+    def start_before(self, image_id: str, seq: int) -> Pointer | None:
+        """Where to start walking back to an image's records up to `seq`: its first mark after
+        `seq`, else its newest record (None if it has no linked record)."""
+        marks = self.marks.get(image_id, ())
+        try:
+            at = bisect.bisect_right([int(mark[0]) for mark in marks], seq)
+        except (TypeError, ValueError, IndexError):  # a sidecar's marks are only a shortcut
+            at = len(marks)
+        return marks[at] if at < len(marks) else self.last.get(image_id)
 
     # ------------------------------------------------------------------ writing a record
 
@@ -111,12 +129,20 @@ class HistoryIndex:
         if "chain" not in body:  # format 1: no links, so chains restart after it
             if self.last:
                 self.last.clear()
+                self.counts.clear()
+                self.marks.clear()
             self.chain_from = seq + 1
         else:
             pointer = (seq, segment, offset)
             last = self.last
+            counts = self.counts
             for image_id in touched(state, events, body.get("also")):
                 last[image_id] = pointer
+                count = counts.get(image_id, 0) + 1
+                counts[image_id] = count
+                if not count % MARK_EVERY:
+                    marks = self.marks
+                    marks[image_id] = (*marks.get(image_id, ()), pointer)
         self.seq = seq
 
     # ------------------------------------------------------------------ the sidecar
@@ -131,6 +157,8 @@ class HistoryIndex:
                 "last": self.last,
                 "names": self.names,
                 "blobs": self.blobs,
+                "counts": self.counts,
+                "marks": self.marks,
             },
             use_bin_type=True,
         )
@@ -154,9 +182,11 @@ class HistoryIndex:
             index.last = body["last"]
             index.names = body["names"]
             index.blobs = body["blobs"]
+            index.counts = body.get("counts", {})  # absent from the first sidecars: marks restart
+            index.marks = body.get("marks", {})
         except Exception:  # a damaged sidecar is only a missed shortcut
             return None
-        if not all(isinstance(x, dict) for x in (index.last, index.names, index.blobs)):
+        if not all(isinstance(x, dict) for x in (index.last, index.names, index.blobs, index.counts, index.marks)):
             return None
         return index
 
@@ -197,8 +227,8 @@ def concerning(body: Mapping[str, Any], image_id: str) -> list[int]:
     return found
 
 
-def victims(state: State, event: Mapping[str, Any]) -> list[str]:
-    """Images an event about to be applied takes a name from (it changes them without naming them)."""
+def given_names(event: Mapping[str, Any]) -> Sequence[str]:
+    """The names an event gives its image, taking them from any image that holds them."""
     op = event.get("op")
     if op in (ev.SET_NAMES, ev.ADD_NAMES):
         given = event.get("names", ())
@@ -206,6 +236,14 @@ def victims(state: State, event: Mapping[str, Any]) -> list[str]:
         image = event.get("image")
         given = image.get("names", ()) if isinstance(image, Mapping) else ()
     else:
+        return ()
+    return given if isinstance(given, tuple | list) else ()
+
+
+def victims(state: State, event: Mapping[str, Any]) -> list[str]:
+    """Images an event about to be applied takes a name from (it changes them without naming them)."""
+    given = given_names(event)
+    if not given:
         return []
     image_id = event.get("id")
     by_name = state.by_name

@@ -46,7 +46,7 @@ from .validation import (
     check_ref,
     check_str,
 )
-from .views import PastBytes, StoreView
+from .views import ImagesAt, PastBytes, StoreView
 
 __all__ = [
     "DEFAULT_COMPACT_BYTES",
@@ -523,10 +523,21 @@ class ImageStore(StateReads):
         if isinstance(when, bool) or not isinstance(when, int | datetime):
             raise TypeError(f"at() takes a sequence number or a datetime, not {type(when).__name__}")
         journal = self._journal()
-        state = journal.state_at(when)
-        moment = when if isinstance(when, datetime) else None
-        past = PastBytes(journal, self._live.blobs, self._caught_up_index())
-        return StoreView(state, moment, self._current_by_id, self._live.files.read, past)
+        index = self._caught_up_index()
+        past = PastBytes(journal, self._live.blobs, index)
+        if isinstance(when, datetime):
+            return StoreView(journal.state_at(when), when, self._current_by_id, self._live.files.read, past)
+        journal.check_moment(when, self.seq)
+        pinned = journal.pinned(when)  # what the rebuild reads stays readable, pruned or not
+        return StoreView(
+            lambda: pinned.state_at(when),  # only when a read needs more than one image
+            None,
+            self._current_by_id,
+            self._live.files.read,
+            past,
+            seq=when,
+            quick=ImagesAt(journal, index, when),
+        )
 
     def image_id_of(self, ref: str) -> str:
         """The ID a reference means for history: the current image, else the last image that had

@@ -8,7 +8,7 @@ if it has not changed since, else the blob the journal kept (blobs.py). Nothing 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -18,41 +18,78 @@ from . import journal as jn
 from . import replay
 from .audit import Journal, utc_time
 from .blobs import Blobs
-from .errors import BigDataNotKept, BigDataUnknown, SizeUnknown, StoreIsReadOnly
+from .errors import BigDataNotKept, BigDataUnknown, EventError, SizeUnknown, StoreIsReadOnly
 from .reads import StateReads
 from .record import Image
-from .reducer import State
-from .validation import check_read_key
+from .reducer import State, apply
+from .validation import check_read_key, check_ref
 
 
 class StoreView(StateReads):
-    """The store as it was right after record `seq`: the read methods of ImageStore, no writes."""
+    """The store as it was right after record `seq`: the read methods of ImageStore, no writes.
+
+    The whole state of that moment is rebuilt (nearest snapshot plus replay) only when a read
+    needs it: one image, asked for by ID or by a name it held then, is rebuilt from its own
+    records when the history index links them (`ImagesAt`), which takes milliseconds.
+    """
 
     _mutex = contextlib.nullcontext()  # nothing changes a view's state
 
     def __init__(
         self,
-        state: State,
+        state: State | Callable[[], State],
         time: datetime | None,
         current: Callable[[str], Image | None],
         read: Callable[[str, str], bytes],
         past: PastBytes | None = None,
+        *,
+        seq: int | None = None,
+        quick: ImagesAt | None = None,
     ) -> None:
-        self._state = state
-        self.seq = state.seq
+        if isinstance(state, State):
+            self._state: State | None = state
+            self._load: Callable[[], State] | None = None
+            self.seq = state.seq
+        else:
+            if seq is None:
+                raise TypeError("a view whose state is rebuilt later needs its sequence number")
+            self._state = None
+            self._load = state
+            self.seq = seq
         self.time = time
         self._current = current
         self._read = read
         self._past = past
+        self._quick = quick
 
     def __repr__(self) -> str:
-        return f"<StoreView at record {self.seq}: {len(self._state)} images>"
+        shown = "" if self._state is None else f": {len(self._state)} images"
+        return f"<StoreView at record {self.seq}{shown}>"
 
     def _fresh(self) -> State:
-        return self._state
+        state = self._state
+        if state is None:
+            assert self._load is not None
+            state = self._state = self._load()
+            self._load = self._quick = None  # lets the pinned journal files go
+        return state
 
     def _moment(self) -> str:
         return f" at record {self.seq}"
+
+    def get(self, ref: str) -> Image:
+        check_ref(ref)
+        if self._state is None and self._quick is not None:
+            image = self._quick.find(ref)
+            if image is not None:
+                return image
+        return super().get(ref)
+
+    def exists(self, ref: str) -> bool:
+        check_ref(ref)
+        if self._state is None and self._quick is not None and self._quick.find(ref) is not None:
+            return True
+        return super().exists(ref)
 
     def big_data_size(self, ref: str, key: str) -> int:
         key = check_read_key(key)
@@ -89,6 +126,118 @@ class StoreView(StateReads):
     create = set_names = add_names = remove_names = delete = wipe = _read_only
     set_metadata = set_flag = clear_flag = set_big_data = _read_only
     add_mapped_top_layer = remove_mapped_top_layer = garbage_collect = compact = batch = _read_only
+
+
+class _Unknown:
+    """What `ImagesAt` answers when it cannot be sure from an image's own records."""
+
+
+UNKNOWN = _Unknown()
+
+
+class ImagesAt:
+    """One image as it was right after record `seq`, rebuilt from its own linked records.
+
+    The walk back starts at the image's first mark after `seq` (history_index.MARK_EVERY), so
+    it reads at most that many newer records, then every record of the image up to `seq`, and
+    replays those events from the one that created it. `find` answers None whenever it cannot
+    be sure (a record not linked, an import, a name another image may have held): the caller
+    then rebuilds the whole state, which is always right.
+    """
+
+    WALK_LIMIT = 20_000  # records of one image; past that, the whole state is the quicker way
+
+    def __init__(self, journal: Journal, index: hx.HistoryIndex | None, seq: int) -> None:
+        self._journal = journal
+        self._index = index
+        self.seq = seq
+        self._cache: dict[str, Image | _Unknown | None] = {}
+
+    def find(self, ref: str) -> Image | None:
+        """The image `ref` meant at `seq` (containers/storage's order: an ID, then a name), or
+        None when that takes the whole state to tell."""
+        index = self._index
+        if index is None:
+            return None
+        if ref in index.last:
+            found = self.image(ref)
+            if isinstance(found, Image):
+                return found
+            if found is UNKNOWN:
+                return None
+        elif index.chain_from > 1:
+            return None  # an image whose records are not linked may have had this ID then
+        holder = index.names.get(ref)  # the image that took the name last
+        if holder is None or holder == ref:
+            return None
+        found = self.image(holder)
+        if isinstance(found, Image) and ref in found.names:
+            return found
+        return None  # another image may have held the name then
+
+    def image(self, image_id: str) -> Image | _Unknown | None:
+        """The image's record at `seq`, None if it did not exist then, or UNKNOWN."""
+        found = self._cache.get(image_id)
+        if found is None and image_id not in self._cache:
+            found = self._cache[image_id] = self._rebuild(image_id)
+        return found
+
+    def _rebuild(self, image_id: str) -> Image | _Unknown | None:
+        index = self._index
+        assert index is not None
+        seq = self.seq
+        linked: list[jn.Record] = []  # newest first: the image's records up to `seq`
+        oldest: jn.Record | None = None
+        reader = hx.ChainReader(self._journal.disk, self._journal.dir)
+        try:
+            pointer: Any = index.start_before(image_id, seq)
+            while pointer is not None:
+                rec = reader.read(pointer)
+                if rec is None or len(linked) >= self.WALK_LIMIT:
+                    return UNKNOWN  # pruned, damaged or too long: the whole state will tell
+                if rec.seq <= seq:
+                    linked.append(rec)
+                oldest = rec
+                prev = rec.body.get("prev")
+                pointer = prev.get(image_id) if isinstance(prev, Mapping) else None
+        finally:
+            reader.close()
+        if oldest is None or not _creates(oldest.body, image_id):
+            return UNKNOWN  # its chain starts after it was created: older records are not linked
+        return _replayed(image_id, linked[::-1])
+
+
+def _creates(body: Mapping[str, Any], image_id: str) -> bool:
+    """Whether the first event of a record that is the image's own creates it."""
+    for event in body.get("events", ()):
+        if event.get("id") == image_id:
+            return event.get("op") in (ev.CREATE, ev.PUT_IMAGE)
+    return False
+
+
+def _replayed(image_id: str, records: list[jn.Record]) -> Image | _Unknown | None:
+    """The image after its own records (oldest first, starting with its creation)."""
+    state = State(read_only=True)
+    for rec in records:
+        events = rec.body.get("events", ())
+        for at in hx.concerning(rec.body, image_id):
+            event = events[at]
+            op = event.get("op")
+            if op == ev.IMPORT:
+                return UNKNOWN  # it came from a snapshot: its state then is not in these records
+            if op == ev.EXTERNAL_REWRITE:
+                continue  # a marker: the merge's changes are events of their own
+            if event.get("id") != image_id:  # another image took some of its names
+                for name in hx.given_names(event):
+                    if state.by_name.get(name) == image_id:
+                        state.strip_name(image_id, name)
+                        state.by_name.pop(name, None)
+                continue
+            try:
+                apply(state, event)
+            except EventError:
+                return UNKNOWN
+    return state.get(image_id)
 
 
 class PastBytes:

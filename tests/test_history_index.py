@@ -186,3 +186,84 @@ def test_a_damaged_blob_is_reported_by_verify_and_never_returned(store_dir: Path
         assert not report.ok and any("do not match" in p for p in report.problems)
         with pytest.raises(BigDataNotKept):
             s.at(1).big_data("a", "manifest")
+
+
+# ---------------------------------------------------------------- one image at a past moment
+
+
+def test_one_image_at_a_past_record_is_rebuilt_exactly_or_not_at_all(store_dir: Path) -> None:
+    from journalstore.views import ImagesAt
+
+    with ImageStore(store_dir, fsync="never") as s:
+        ids = busy_life(s, rounds=3)
+        s.create(id=ids[0], names=["reborn"])  # the deleted image's ID again
+        s.add_names(ids[0], ["b1"])  # and a name another image holds
+        s.set_big_data(ids[2], "manifest", b"later")
+        journal = Journal(DEFAULT_DISK, str(s.path))
+        index = s._caught_up_index()
+        names = sorted({n for e in journal.history() for n in e.data.get("names", ())})
+        refs = [*ids, *names, ids[1][:12], "never-a-name"]
+        answered = 0
+        for seq in range(s.seq + 1):
+            whole = journal.state_at(seq)
+            quick = ImagesAt(journal, index, seq)
+            for ref in refs:
+                found = quick.find(ref)
+                if found is not None:
+                    answered += 1
+                    assert found == whole.lookup(ref), (seq, ref)
+            for image in whole:  # every image of a store linked from its start is rebuilt
+                assert quick.find(image.id) == image, (seq, image.id)
+            view = s.at(seq)
+            for ref in refs:
+                expected = whole.lookup(ref)
+                if expected is None:
+                    assert not s.at(seq).exists(ref)
+                else:
+                    assert s.at(seq).get(ref) == expected
+            assert len(view) == len(whole)
+        assert answered > 100
+
+
+def test_a_view_reads_one_image_without_rebuilding_the_store(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ImageStore(store_dir, fsync="never", compact_every=50) as s:
+        image = s.create(names=["target"], big_data=[("config", b"first")])
+        created = s.seq
+        for i in range(300):
+            s.set_big_data("target", "config", f"overwrite {i}".encode())
+            s.create(names=[f"other-{i}"])
+    with ImageStore(store_dir, read_only=True) as r:  # marks and heads come from the sidecar
+        reads: list[int] = []
+        real = history_index.ChainReader.read
+
+        def counted(self: Any, pointer: Any) -> Any:
+            reads.append(pointer[0])
+            return real(self, pointer)
+
+        monkeypatch.setattr(history_index.ChainReader, "read", counted)
+        monkeypatch.setattr(Journal, "state_at", lambda *_a, **_k: pytest.fail("rebuilt the whole store"))
+        view = r.at(created)
+        assert view.big_data("target", "config") == b"first"
+        assert view.get(image.id).names == ("target",)
+        assert len(reads) <= 65, reads  # not the 301 records of its whole chain
+        assert r.at(created + 100).big_data("target", "config") == b"overwrite 49"
+
+
+def test_history_marks_survive_a_snapshot_and_stay_on_the_chain(store_dir: Path) -> None:
+    with ImageStore(store_dir, fsync="never") as s:
+        a = s.create(names=["a"])
+        for i in range(200):
+            s.set_metadata(a.id, str(i))
+        live = s._caught_up_index()
+        assert live is not None
+        marks = live.marks[a.id]
+        assert [m[0] for m in marks] == sorted(m[0] for m in marks) and len(marks) == 201 // history_index.MARK_EVERY
+        s.compact()
+    with ImageStore(store_dir, read_only=True) as r:
+        loaded = r._caught_up_index()
+        assert loaded is not None and loaded.marks[a.id] == marks and loaded.counts[a.id] == 201
+        reader = history_index.ChainReader(DEFAULT_DISK, str(store_dir / "journal"))
+        try:
+            assert all(reader.read(m) is not None for m in marks)  # each one is a record of a
+        finally:
+            reader.close()
