@@ -193,6 +193,12 @@ class HistoryIndex:
 
 def touched(state: State, events: Sequence[Mapping[str, Any]], also: Any) -> list[str]:
     """The images a record changed or concerns (the state is the one after the record)."""
+    if len(events) == 1 and not also:  # the usual record: one event of one image
+        event = events[0]
+        op = event.get("op")
+        if op not in (ev.IMPORT, ev.EXTERNAL_REWRITE):
+            image_id = event.get("id")
+            return [image_id] if isinstance(image_id, str) else []
     out: dict[str, None] = {}
     for event in events:
         op = event.get("op")

@@ -7,7 +7,6 @@ nats-py is imported only when one of them runs; without the `[fleet]` extra they
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from datetime import datetime
 
@@ -49,6 +48,8 @@ def cmd_ship(s: Session, a: argparse.Namespace) -> int:
         s.root, a.to, stream=a.stream, host=a.host, replicas=a.replicas, connect_timeout=a.timeout, on_gap=on_gap
     )
     store = shipper.store
+    import asyncio  # here: the other commands start faster without it
+
     report = asyncio.run(shipper.run(follow=a.follow))
     if s.json:
         s.emit(report.to_json())
