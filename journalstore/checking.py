@@ -5,6 +5,7 @@ Neither trusts the state of an open store: both read the files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
         if metas[n].get("snapshot"):
             checks.setdefault(int(metas[n].get("base_seq", -1)), []).append(n)
     state = base
+    kept: dict[str, int] = {}  # blob digest -> the newest retained record that kept it
 
     def check_snapshot() -> None:
         for number in checks.pop(state.seq, ()):
@@ -121,6 +123,9 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
             for rec in _one_segment(cursor, number):
                 replay.apply_record(state, rec)
                 report.records += 1
+                for entry in rec.body.get("kept", ()):
+                    with contextlib.suppress(TypeError, IndexError):
+                        kept[str(entry[2])] = rec.seq
                 check_snapshot()
             if cursor.tail is not None:
                 report.problems.append(
@@ -138,7 +143,7 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
         report.bytes += sizes[number]
         if progress is not None:
             progress(done, total)
-    verify_blobs(report, Blobs(disk, journal.dir, False))
+    verify_blobs(report, Blobs(disk, journal.dir, False), kept)
     for seq, numbers in checks.items():
         for number in numbers:
             report.problems.append(f"segment {number} starts after record {seq}, which replay never reached")
@@ -152,8 +157,13 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
     return report
 
 
-def verify_blobs(report: VerifyReport, blobs: Blobs) -> None:
-    """Every kept past big-data blob must hash to the digest it is named by."""
+def verify_blobs(report: VerifyReport, blobs: Blobs, kept: Mapping[str, int]) -> None:
+    """Every kept past big-data blob must hash to the digest it is named by, and every blob a
+    retained record kept (`kept`: digest -> the newest such record) must be there."""
+    for digest, seq in kept.items():
+        path = blobs.path(digest)
+        if path is not None and not blobs.disk.exists(path):
+            report.problems.append(f"blob {path}: missing, but record {seq} kept it (its past bytes are lost)")
     for digest, path in blobs.listing():
         report.blobs += 1
         try:

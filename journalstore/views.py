@@ -305,10 +305,11 @@ class PastBytes:
         since = f"were overwritten or deleted by record {replacer.seq} ({when})"
         if "chain" not in replacer.body:
             return f"{what} {since}, written by a version of journalstore that kept no past bytes"
-        return (
-            f"{what} {since}; journal retention has dropped them since (history now starts at record "
-            f"{first + 1})"
-        )
+        for entry in replacer.body.get("kept", ()):
+            if entry[0] == image.id and entry[1] == key:
+                where = self._blobs.path(str(entry[2])) or str(entry[2])
+                return f"{what} {since}, which kept them as {where}; that blob is missing or damaged (verify names it)"
+        return f"{what} {since}, which could not keep them (no blob could be linked or copied then)"
 
 
 # ---------------------------------------------------------------------- verify and repair

@@ -184,7 +184,19 @@ def test_a_damaged_blob_is_reported_by_verify_and_never_returned(store_dir: Path
         path.write_bytes(b"ONE")  # the blob shares the old file's inode: both are damaged now
         report = s.verify()
         assert not report.ok and any("do not match" in p for p in report.problems)
-        with pytest.raises(BigDataNotKept):
+        with pytest.raises(BigDataNotKept, match=r"kept them as .* that blob is missing or damaged"):
+            s.at(1).big_data("a", "manifest")
+
+
+def test_a_missing_blob_is_reported_by_verify_and_by_the_reader(store_dir: Path) -> None:
+    with ImageStore(store_dir, fsync="never") as s:
+        s.create(names=["a"], big_data=[("manifest", b"one")])
+        s.set_big_data("a", "manifest", b"two")
+        path = store_dir / "journal" / "blobs" / "sha256" / sha(b"one")[7:]
+        path.unlink()
+        report = s.verify()
+        assert not report.ok and any(f"{path}: missing, but record 2 kept it" in p for p in report.problems)
+        with pytest.raises(BigDataNotKept, match=r"by record 2 .*that blob is missing or damaged"):
             s.at(1).big_data("a", "manifest")
 
 

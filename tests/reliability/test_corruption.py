@@ -36,9 +36,14 @@ import xxhash
 from journalstore import ImageStore, JournalCorrupt, StoreWarning
 from journalstore import journal as jn
 from journalstore import snapshot as snap
-from journalstore.errors import SnapshotMismatch
+from journalstore.audit import Journal
+from journalstore.blobs import blob_digest
+from journalstore.errors import BigDataNotKept, SnapshotMismatch, StoreError
+from journalstore.fsio import DEFAULT_DISK
 from journalstore.layout import Layout
+from journalstore.record import Image
 
+from ..helpers import history_problems
 from ..model import snapshot_of_store
 from .conftest import STRESS, scale
 
@@ -696,3 +701,358 @@ def test_an_open_that_reports_damage_leaves_no_descriptor_open(base: Base, tmp_p
             with pytest.raises(JournalCorrupt):
                 ImageStore(copy, read_only=read_only, fsync="never")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# ---------------------------------------------------------------------- derived and kept files
+#
+# Two kinds of files in journal/ that no replay needs: the history-index sidecar saved with each
+# snapshot (`history-N.msgpack`, an optional shortcut: damaged, missing or not matching, it must
+# be ignored and every answer stay complete and correct), and the past big-data bytes an
+# overwrite or a delete replaced (`blobs/sha256/HEX`: a damaged one must be reported by verify,
+# and `at(seq).big_data` must give the exact bytes of that moment or raise, never other bytes).
+# Each damaged copy is opened read-only, then read-write (written to, and reopened), and checked
+# with each store, like `Trials.run` does; `judge` tells the state part.
+
+
+@dataclass
+class Findings:
+    """What the checks of one trial found, over all its opens."""
+
+    wrong: list[str] = field(default_factory=list)  # wrong answers, undocumented exceptions: silent loss
+    noticed: bool = False  # the damage was reported (verify, a documented exception)
+    exact: bool = True  # every answer was the whole right answer (no documented exception either)
+
+
+CheckStore = Callable[[ImageStore, str, Findings], None]
+
+
+def open_checked(path: Path, read_only: bool, check: CheckStore, found: Findings) -> Opened:
+    """`open_read_only` / `open_read_write`, running `check` with each store opened (read-write:
+    before the write, and with the read-only reopen after it)."""
+    out = Opened()
+    before = tree_stat(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with alarm(TRIAL_TIMEOUT):
+                if read_only:
+                    with ImageStore(path, read_only=True) as ro:
+                        out.state = snapshot_of_store(ro)
+                        for image in ro.images():
+                            for key in image.big_data_names:
+                                with contextlib.suppress(KeyError):
+                                    ro.big_data(image.id, key)
+                        check(ro, "read-only", found)
+                else:
+                    with ImageStore(path, fsync="never", compact_every=None) as rw:
+                        out.state = snapshot_of_store(rw)
+                        check(rw, "read-write", found)
+                        rw.create(PROBE, ["probe/after:damage"], created=T0 - 1)
+                    with ImageStore(path, read_only=True) as again:
+                        out.after_write = snapshot_of_store(again)
+                        check(again, "reopened after a write", found)
+        except Exception as exc:
+            out.error = exc
+    out.warnings = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+    out.files_changed = tree_stat(path) != before
+    return out
+
+
+def run_checked(
+    trials: Trials, label: str, damage: Callable[[Path], None], check: CheckStore, tally: ClassTally
+) -> Outcome:
+    """One trial: the full state expected from both opens, and `check` finding nothing wrong.
+    Recovered: the state and every checked answer exact; detected: a warning, or the checks saw
+    the damage reported."""
+    trials.count += 1
+    copy = trials.scratch / f"t{trials.count}"
+    copy_tree(trials.base.root, copy)
+    damage(copy)
+    found = Findings()
+    ro = open_checked(copy, True, check, found)
+    if ro.files_changed:  # reported; the read-write open gets a freshly damaged copy
+        shutil.rmtree(copy)
+        copy_tree(trials.base.root, copy)
+        damage(copy)
+    rw = open_checked(copy, False, check, found)
+    outcome = judge(ro, rw, Expect(states=(trials.base.full,)))
+    outcome.lost += found.wrong
+    outcome.detected = outcome.detected or found.noticed
+    outcome.recovered = outcome.recovered and found.exact and not found.wrong
+    tally.add(label, outcome)
+    shutil.rmtree(copy)
+    return outcome
+
+
+def replace_with(relative: str, data: bytes | None) -> Callable[[Path], None]:
+    """The file replaced by a new one holding `data` (None: removed)."""
+
+    def damage(root: Path) -> None:
+        (root / relative).unlink()
+        if data is not None:
+            (root / relative).write_bytes(data)
+
+    return damage
+
+
+def truncate_to(relative: str, size: int) -> Callable[[Path], None]:
+    def damage(root: Path) -> None:
+        with open(root / relative, "r+b") as f:
+            f.truncate(size)
+
+    return damage
+
+
+@dataclass(frozen=True)
+class Moment:
+    """What a full rebuild (snapshot plus replay, no history index) shows right after a record."""
+
+    seq: int
+    images: dict[str, Image | None]  # every image ID the journal ever had -> the image then (None: absent)
+    names: dict[str, str]  # every name held then -> the image that held it
+
+
+def past_moments(root: Path) -> list[Moment]:
+    """The truth at a few records of a pristine store: the first and the last, each side of each
+    segment's start, each segment's middle record, each side of each delete."""
+    with ImageStore(root, read_only=True) as r:
+        events = list(r.history())
+    ids = sorted({e.image_id for e in events if e.image_id})
+    seqs = {events[0].seq, events[-1].seq}
+    for segment in {e.segment for e in events}:
+        held = sorted({e.seq for e in events if e.segment == segment})
+        seqs |= {held[0] - 1, held[0], held[len(held) // 2]}
+    for event in events:
+        if event.kind == "delete":
+            seqs |= {event.seq - 1, event.seq}
+    journal = Journal(DEFAULT_DISK, str(root))
+    out = []
+    for seq in sorted(s for s in seqs if s >= 1):
+        state = journal.state_at(seq)
+        out.append(Moment(seq, {i: state.get(i) for i in ids}, dict(state.by_name)))
+    return out
+
+
+def check_history(moments: list[Moment]) -> CheckStore:
+    """Histories by back-pointers equal to full scans (and verify clean), and each image, by ID
+    and by every name held then, at each moment as a full rebuild shows it (a fresh view per
+    question, so that each one tries the history index's one-image rebuild)."""
+
+    def check(store: ImageStore, what: str, found: Findings) -> None:
+        found.wrong += [f"{what}: {p[:300]}" for p in history_problems(store, limit=1000)]
+        for moment in moments:
+            at = f"{what}: at({moment.seq})"
+            for image_id, image in moment.images.items():
+                try:
+                    if image is None:
+                        if store.at(moment.seq).exists(image_id):
+                            found.wrong.append(f"{at}: image {image_id[:12]} exists, a full rebuild has none")
+                    elif (got := store.at(moment.seq).get(image_id)) != image:
+                        found.wrong.append(f"{at}.get({image_id[:12]}): {got} != a full rebuild's {image}")
+                except Exception as exc:
+                    found.wrong.append(f"{at}, image {image_id[:12]}: {exc.__class__.__name__}: {exc}")
+            for name, holder in moment.names.items():
+                try:
+                    if (got_id := store.at(moment.seq).get(name).id) != holder:
+                        found.wrong.append(f"{at}.get({name!r}): image {got_id[:12]}, held by {holder[:12]}")
+                except Exception as exc:
+                    found.wrong.append(f"{at}, name {name!r}: {exc.__class__.__name__}: {exc}")
+
+    return check
+
+
+def build_quiet_tail(root: Path) -> None:
+    """Like `build`, but the last compaction is followed by one record only, about a new image:
+    the chain heads of the older images, the name holders and the marks (an image with more than
+    64 records) come from the newest sidecar alone, not from the records an open replays after it
+    (in `base` every image has a record after the last compaction, which heals a bad sidecar)."""
+    with ImageStore(root, fsync="never", compact_every=None) as s:
+        busy = s.create("a1" * 32, ["quiet/busy:1"], created=T0, big_data=[("config", b"busy 0")])
+        for n in range(70):
+            s.set_metadata(busy.id, f"busy {n}")
+        s.set_big_data(busy.id, "config", b"busy 1")  # an overwrite: the old bytes are kept
+        s.create("b2" * 32, ["quiet/named:1", "quiet/moved:1"], created=T0 + 1, big_data=[("manifest", b"b2 0")])
+        s.compact()
+        s.create("c3" * 32, ["quiet/taker:1"], created=T0 + 2)
+        s.add_names("c3" * 32, ["quiet/moved:1"])  # taken from b2
+        s.create("d4" * 32, ["quiet/gone:1"], created=T0 + 3, big_data=[("manifest", b"d4 0")])
+        s.set_flag("d4" * 32, "flag", True)
+        s.delete("d4" * 32)
+        s.set_names("b2" * 32, ["quiet/renamed:1"])
+        s.compact()
+        s.create("e5" * 32, ["quiet/after:compaction"], created=T0 + 4)
+
+
+@pytest.fixture(scope="module")
+def base_quiet_tail(tmp_path_factory: pytest.TempPathFactory) -> Base:
+    root = tmp_path_factory.mktemp("corruption-quiet") / "store"
+    build_quiet_tail(root)
+    segment = max(n for n in (jn.parse_segment_name(p.name) for p in (root / "journal").iterdir()) if n)
+    start, records = segment_records(root / "journal" / jn.segment_name(segment), segment)
+    with ImageStore(root, read_only=True) as r:
+        full = snapshot_of_store(r)
+    return Base(root, segment, start, records, full, full)  # without_last: not used by these trials
+
+
+_SIDECAR_HEADER_SIZE = 24  # magic 8, version 2, reserved 2, unused 4, xxh3 8 (journal-format.md)
+
+
+def sidecar_offsets(rng: random.Random, data: bytes, ids: list[str]) -> list[int]:
+    """`positions` over the whole sidecar, plus the first byte of each header field and a byte of
+    the first copy of each image ID in it (a key of the chain heads: without the checksum, a
+    changed key would lose that image's chain)."""
+    fields = [0, 8, 10, 12, 16, _SIDECAR_HEADER_SIZE - 1]
+    in_ids = [at + 7 for at in (data.find(image_id.encode()) for image_id in ids) if at >= 0]
+    return sorted(set(positions(rng, 0, len(data), 20) + fields + in_ids))
+
+
+@pytest.mark.parametrize("which", ["base", "quiet-tail"])
+def test_damaged_history_sidecar(
+    base: Base, base_quiet_tail: Base, tmp_path: Path, summary: Callable[..., None], which: str
+) -> None:
+    chosen = base if which == "base" else base_quiet_tail
+    journal = chosen.root / "journal"
+    sidecars = sorted(p.name for p in journal.glob("history-*.msgpack"))
+    assert len(sidecars) >= 2, f"the base should have a sidecar per compaction: {sidecars}"
+    moments = past_moments(chosen.root)
+    ids = sorted(moments[-1].images)
+    check = check_history(moments)
+    # The pristine store passes the same checks, and its newest sidecar is the one an open loads.
+    pristine = Findings()
+    with ImageStore(chosen.root, read_only=True) as r:
+        check(r, "pristine", pristine)
+        index = r._caught_up_index()
+        assert index is not None and index.chain_from == 1, "the newest sidecar was not loaded"
+    assert not pristine.wrong, pristine.wrong
+    tally = ClassTally()
+    trials = Trials(chosen, tmp_path)
+    rng = random.Random(11)
+    for name in sidecars:
+        rel = f"journal/{name}"
+        data = (journal / name).read_bytes()
+        for offset in sidecar_offsets(rng, data, ids):
+            bit = rng.randrange(8)
+            run_checked(trials, f"{name}: flip bit {bit} at {offset}", flip(rel, offset, bit), check, tally)
+        run_checked(trials, f"{name}: truncated to half", truncate_to(rel, len(data) // 2), check, tally)
+        run_checked(trials, f"{name}: header only", truncate_to(rel, _SIDECAR_HEADER_SIZE), check, tally)
+        run_checked(trials, f"{name}: zeroed", patch(rel, 0, bytes(len(data))), check, tally)
+        run_checked(trials, f"{name}: empty", truncate_to(rel, 0), check, tally)
+        run_checked(trials, f"{name}: missing", replace_with(rel, None), check, tally)
+        for other in sidecars:
+            if other != name:
+                older = "an older" if other < name else "a newer"
+                what = f"{name}: replaced by {older} segment's sidecar {other}"
+                run_checked(trials, what, replace_with(rel, (journal / other).read_bytes()), check, tally)
+
+    def remove_all(root: Path) -> None:
+        for name in sidecars:
+            (root / "journal" / name).unlink()
+
+    run_checked(trials, "every sidecar missing", remove_all, check, tally)
+    tally.report(summary, f"history-sidecar:{which}", sidecars=len(sidecars), moments=len(moments))
+
+
+@dataclass(frozen=True)
+class KeptUse:
+    """A past big-data item whose bytes a blob holds: `at(seq).big_data(image_id, key)`."""
+
+    seq: int  # the record before the one that overwrote the item or deleted its image
+    image_id: str
+    key: str
+    data: bytes  # what the pristine store answers
+
+
+def kept_uses(root: Path) -> dict[str, list[KeptUse]]:
+    """Blob path (relative to the store) -> the past items it holds, from the records' `kept`."""
+    uses: dict[str, list[KeptUse]] = {}
+    with ImageStore(root, read_only=True) as r:
+        for rec in Journal(DEFAULT_DISK, str(root)).records():
+            for image_id, key, digest in rec.body.get("kept", ()):
+                algorithm, _, hexpart = str(digest).partition(":")
+                seq = int(rec.body["seq"]) - 1
+                data = r.at(seq).big_data(image_id, key)
+                assert blob_digest(data) == digest
+                use = KeptUse(seq, image_id, key, data)
+                uses.setdefault(f"journal/blobs/{algorithm}/{hexpart}", []).append(use)
+    return uses
+
+
+def check_kept(rel: str, uses: list[KeptUse], missing: bool) -> CheckStore:
+    """verify names the damaged blob (and nothing else), and every past item it held is read as
+    its exact bytes or raises a documented error.
+
+    A missing blob: verify names it too (a retained record's `kept` lists it), and the reader
+    raises BigDataNotKept (`views.PastBytes.bytes_of` finds no blob by the item's digest nor by
+    its replacer's `kept` entry), which this check requires for a missing blob.
+    """
+    name = rel.rsplit("/", 1)[-1]
+
+    def check(store: ImageStore, what: str, found: Findings) -> None:
+        report = store.verify()
+        named = [p for p in report.problems if name in p]
+        others = [p for p in report.problems if name not in p]
+        if others:
+            found.wrong.append(f"{what}: verify reported what is not the blob: {others}")
+        if named:
+            found.noticed = True
+        else:
+            found.wrong.append(f"{what}: verify did not report the damaged blob ({report.problems or 'ok'})")
+        for use in uses:
+            item = f"{what}: at({use.seq}).big_data({use.image_id[:12]}, {use.key!r})"
+            try:
+                data = store.at(use.seq).big_data(use.image_id, use.key)
+            except BigDataNotKept:
+                found.noticed = True
+                found.exact = False
+                continue
+            except StoreError as exc:
+                if missing:
+                    found.wrong.append(f"{item}: {exc.__class__.__name__} for a missing blob, not BigDataNotKept")
+                found.noticed = True
+                found.exact = False
+                continue
+            except Exception as exc:
+                found.wrong.append(f"{item}: {exc.__class__.__name__}: {exc}")
+                continue
+            if data != use.data:
+                found.wrong.append(f"{item}: returned {len(data)} bytes that are not the item's {len(use.data)}")
+
+    return check
+
+
+@pytest.mark.parametrize("which", ["base", "quiet-tail"])
+def test_damaged_kept_blob(
+    base: Base, base_quiet_tail: Base, tmp_path: Path, summary: Callable[..., None], which: str
+) -> None:
+    """`base` keeps the items of a deleted image; `quiet-tail` also an overwritten item of an
+    image that still exists (its current bytes differ from the kept ones)."""
+    chosen = base if which == "base" else base_quiet_tail
+    uses = kept_uses(chosen.root)
+    found = (chosen.root / "journal" / "blobs").rglob("*")
+    blobs = sorted(str(p.relative_to(chosen.root)) for p in found if p.is_file())
+    assert blobs and sorted(uses) == blobs, f"every blob file should be one a record kept: {blobs} {sorted(uses)}"
+    with ImageStore(chosen.root, read_only=True) as r:
+        assert r.verify().ok
+    tally = ClassTally()
+    trials = Trials(chosen, tmp_path)
+    rng = random.Random(12)
+    for rel in blobs:
+        data = (chosen.root / rel).read_bytes()
+        check = check_kept(rel, uses[rel], missing=False)
+        offsets = positions(rng, 0, len(data), 12)
+        if STRESS and len(data) > 1000:
+            offsets = [o for o in offsets if o < jn.FRAME_OVERHEAD or o % 7 == 0 or o == len(data) - 1]
+        for offset in offsets:
+            bit = rng.randrange(8)
+            run_checked(trials, f"{rel}: flip bit {bit} at {offset}", flip(rel, offset, bit), check, tally)
+        run_checked(trials, f"{rel}: truncated to half", truncate_to(rel, len(data) // 2), check, tally)
+        run_checked(trials, f"{rel}: last byte cut", truncate_to(rel, len(data) - 1), check, tally)
+        run_checked(trials, f"{rel}: a byte appended", replace_with(rel, data + b"\n"), check, tally)
+        run_checked(trials, f"{rel}: zeroed", patch(rel, 0, bytes(len(data))), check, tally)
+        run_checked(trials, f"{rel}: empty", truncate_to(rel, 0), check, tally)
+        for other in blobs:
+            if other != rel:
+                what = f"{rel}: replaced by the bytes of {other}"
+                run_checked(trials, what, replace_with(rel, (chosen.root / other).read_bytes()), check, tally)
+        run_checked(trials, f"{rel}: missing", replace_with(rel, None), check_kept(rel, uses[rel], True), tally)
+    tally.report(summary, f"kept-blobs:{which}", blobs=len(blobs), past_items=sum(len(u) for u in uses.values()))
