@@ -46,6 +46,9 @@ def sidecar_name(segment: int) -> str:
     return f"history-{segment:08d}.msgpack"
 
 
+_NAMING = frozenset((ev.CREATE, ev.SET_NAMES, ev.ADD_NAMES, ev.PUT_IMAGE))  # events that give names
+
+
 class HistoryIndex:
     """Heads of the per-image record chains, name holders and kept blobs, as of record `seq`.
 
@@ -97,7 +100,7 @@ class HistoryIndex:
     def links(self, seq: int, touched: Iterable[str], also: Mapping[str, Sequence[int]]) -> dict[str, Any]:
         """The history fields of a new commit record that touches these images."""
         last = self.last
-        prev = {image_id: list(last[image_id]) for image_id in touched if image_id in last}
+        prev = {image_id: last[image_id] for image_id in touched if image_id in last}  # packed as arrays
         body: dict[str, Any] = {"chain": min(self.chain_from, seq)}
         if prev:
             body["prev"] = prev
@@ -107,13 +110,18 @@ class HistoryIndex:
 
     # ------------------------------------------------------------------ applying a record
 
-    def note(self, state: State, body: Mapping[str, Any], segment: int, offset: int) -> None:
-        """Take in a commit record just applied to `state` (which is the state after it)."""
+    def note(
+        self, state: State, body: Mapping[str, Any], segment: int, offset: int, images: list[str] | None = None
+    ) -> None:
+        """Take in a commit record just applied to `state` (which is the state after it);
+        `images`: the images it touches, when its writer already knows them."""
         seq = int(body.get("seq", 0))
         events = body.get("events", ())
         names = self.names
         for event in events:
             op = event.get("op")
+            if op not in _NAMING:
+                continue
             given: Any = None
             if op in (ev.CREATE, ev.SET_NAMES, ev.ADD_NAMES):
                 given = event.get("names")
@@ -136,7 +144,7 @@ class HistoryIndex:
             pointer = (seq, segment, offset)
             last = self.last
             counts = self.counts
-            for image_id in touched(state, events, body.get("also")):
+            for image_id in touched(state, events, body.get("also")) if images is None else images:
                 last[image_id] = pointer
                 count = counts.get(image_id, 0) + 1
                 counts[image_id] = count

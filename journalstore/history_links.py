@@ -42,10 +42,15 @@ class Note(NamedTuple):
     replaced: list[tuple[str, str]]  # (image id, key) of big-data files whose bytes it replaces
 
 
+_NOTED = frozenset((ev.SET_BIG_DATA, ev.DELETE, ev.SET_NAMES, ev.ADD_NAMES, ev.PUT_IMAGE))
+
+
 def before(txn: Txn, event: Mapping[str, Any]) -> Note | None:
     """Look at the state before an event is applied (None when it touches nothing else)."""
-    state = txn.state
     op = event.get("op")
+    if op not in _NOTED:
+        return None  # it cannot take a name from another image, nor replace big-data bytes
+    state = txn.state
     replaced: list[tuple[str, str]] = []
     if op in (ev.SET_BIG_DATA, ev.DELETE):
         image = state.get(str(event.get("id")))
@@ -61,12 +66,14 @@ def before(txn: Txn, event: Mapping[str, Any]) -> Note | None:
     return Note(event, taken, replaced)
 
 
-def record_fields(live: Live, txn: Txn, seq: int) -> dict[str, Any]:
-    """The history fields of the record about to be appended; keeps the bytes it replaces."""
-    position = {id(event): index for index, event in enumerate(txn.events)}
+def record_fields(live: Live, txn: Txn, seq: int) -> tuple[dict[str, Any], list[str] | None]:
+    """The history fields of the record about to be appended, and the images it touches (for
+    `committed`); keeps the bytes it replaces."""
     also: dict[str, list[int]] = {}
     replaced: dict[tuple[str, str], None] = {}
-    for note in txn.notes:
+    notes = txn.notes
+    position = {id(event): index for index, event in enumerate(txn.events)} if notes else {}
+    for note in notes:
         index = position.get(id(note.event))
         if index is None:
             continue  # rolled back by a savepoint
@@ -83,12 +90,14 @@ def record_fields(live: Live, txn: Txn, seq: int) -> dict[str, Any]:
     history = live.index
     if history is None:
         fields["chain"] = seq
-        return fields
-    fields.update(history.links(seq, touched(live.state, txn.events, also), also))
-    return fields
+        return fields, None
+    images = touched(live.state, txn.events, also)
+    fields.update(history.links(seq, images, also))
+    return fields, images
 
 
-def committed(live: Live, body: Mapping[str, Any], segment: int, offset: int) -> None:
-    """The record is in the journal: the index takes it in."""
+def committed(live: Live, body: Mapping[str, Any], segment: int, offset: int, images: list[str] | None) -> None:
+    """The record is in the journal: the index takes it in (`images`: what `record_fields` found
+    it touches)."""
     if live.index is not None:
-        live.index.note(live.state, body, segment, offset)
+        live.index.note(live.state, body, segment, offset, images)

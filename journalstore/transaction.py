@@ -267,7 +267,8 @@ class Transactions:
             return
         seq = state.seq + 1
         body = live.record_body(seq, txn.events, writer)
-        body.update(history_links.record_fields(live, txn, seq))
+        fields, images = history_links.record_fields(live, txn, seq)
+        body.update(fields)
         payload = jn.pack(body)
         if len(payload) > jn.MAX_FRAME:
             raise RecordTooLarge(
@@ -296,12 +297,18 @@ class Transactions:
                     files.undo(seq, prepare["files"])
                 cursor.truncate(before, sync=live.sync)
                 raise
-            self._keep(txn, seq, planned, body, end - len(frame))  # the record is in the journal: it counts
+            self._keep(txn, seq, planned, body, end - len(frame), images)  # the record is in the journal: it counts
             raise
-        self._keep(txn, seq, planned, body, end - len(frame))
+        self._keep(txn, seq, planned, body, end - len(frame), images)
 
     def _keep(
-        self, txn: Txn, seq: int, planned: list[Planned] | None, body: Mapping[str, Any], offset: int
+        self,
+        txn: Txn,
+        seq: int,
+        planned: list[Planned] | None,
+        body: Mapping[str, Any],
+        offset: int,
+        images: list[str] | None,
     ) -> None:
         """The record of `txn` (its frame at `offset`) is in the journal: keep its events, then
         clean up after it.
@@ -312,7 +319,7 @@ class Transactions:
         live = self._live
         cursor = live.cursor
         assert cursor is not None
-        history_links.committed(live, body, cursor.segment, offset)
+        history_links.committed(live, body, cursor.segment, offset, images)
         live.state.seq = seq
         live.state.commit()
         live.encoder.touched(txn.events)

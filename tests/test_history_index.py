@@ -105,7 +105,7 @@ def write_v1(monkeypatch: pytest.MonkeyPatch, fn: Any) -> None:
     """Run `fn` as journalstore wrote before history links: format-1 segments, no link fields."""
     with monkeypatch.context() as m:
         m.setattr(jn, "FORMAT_VERSION", 1)
-        m.setattr(history_links, "record_fields", lambda live, txn, seq: {})
+        m.setattr(history_links, "record_fields", lambda live, txn, seq: ({}, None))
         m.setattr(history_index, "stage", lambda *a: "")  # no sidecars either
         fn()
 
