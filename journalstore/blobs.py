@@ -73,7 +73,7 @@ class Blobs:
         for each (caller holds the writers' lock; runs before the record that replaces them)."""
         disk = self.disk
         kept: list[list[str]] = []
-        made = False
+        made = created = False
         for item in replaced:
             try:
                 data = disk.read_file(item.path)
@@ -85,6 +85,7 @@ class Blobs:
             if not disk.exists(path):
                 directory = os.path.dirname(path)
                 if not disk.is_dir(directory):
+                    created = not disk.is_dir(self.dir)  # journal/blobs itself is new
                     disk.makedirs(directory, 0o700)
                 try:
                     disk.link(item.path, path)  # atomic: the name appears with whole bytes
@@ -96,9 +97,11 @@ class Blobs:
                     disk.rename(tmp, path)
                 made = True
             kept.append([item.image_id, item.key, digest])
-        if made and self.sync:
+        if made and self.sync:  # each new name durable in its directory, up to journal/
             disk.fsync_dir(os.path.join(self.dir, ALGORITHM))
             disk.fsync_dir(self.dir)
+            if created:
+                disk.fsync_dir(os.path.dirname(self.dir))
         if kept:
             failpoints.hit("bigdata-after-keep")
         return kept
