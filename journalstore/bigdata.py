@@ -154,6 +154,10 @@ class BigDataFiles:
     def install(self, seq: int, planned: Sequence[Planned], *, sync: bool) -> None:
         """Stage, back up and rename every file into place (after the prepare record)."""
         disk = self.disk
+        if not disk.is_dir(self.staging):  # a copy of the store that dropped empty directories
+            disk.mkdir(self.staging, 0o700)
+            if sync:
+                disk.fsync_dir(os.path.dirname(self.staging))
         for i, p in enumerate(planned):
             disk.write_file(_staged(self.staging, seq, i, "tmp"), p.data, sync=sync)
         failpoints.hit("bigdata-after-stage")
@@ -200,7 +204,7 @@ class BigDataFiles:
             elif not had_old:
                 self._unlink(final)
             touched[image_id] = touched.get(image_id, False) or dir_created
-        if touched:
+        if touched and disk.is_dir(self.staging):  # without it, nothing was renamed back from it
             # The renames back must be durable before the caller cuts the prepare away: a rename
             # is durable once both its directories are fsynced (the image's are, below).
             disk.fsync_dir(self.staging)

@@ -432,3 +432,20 @@ def test_a_malformed_dangling_prepare_is_cut_not_a_crash(tmp_path: Path, body: d
     with ImageStore(root, fsync="never") as store:
         store.create(names=["b"])
         assert store.seq == 2
+
+
+def test_a_dangling_prepare_in_a_store_without_its_staging_directory_is_undone(tmp_path: Path) -> None:
+    """Found by the read-write decoder fuzzing under make stress: undoing a prepare fsynced
+    journal/staging even where it did not exist (a store copied by a tool that drops empty
+    directories), and the writer's repair failed with FileNotFoundError."""
+    root = tmp_path / "store"
+    with ImageStore(root, fsync="never") as store:
+        image = store.create(names=["a"])
+    (root / "journal" / "staging").rmdir()
+    _append_record(root, {"type": "prepare", "seq": 2, "files": [[image.id, "manifest", False, False]]})
+    with ImageStore(root, fsync="never") as store:
+        store.create(names=["b"])
+        assert store.seq == 2 and store.exists("a") and store.exists("b")
+        assert not (root / "journal" / "staging").exists()
+        store.set_big_data("a", "manifest", b"written without journal/staging")  # it is made again
+        assert store.big_data("a", "manifest") == b"written without journal/staging"
