@@ -15,7 +15,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import failpoints
 from .fsio import Disk
@@ -38,6 +38,13 @@ def blob_digest(data: bytes) -> str:
 
 def _hex_ok(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def kept_digests(body: Mapping[str, Any]) -> Iterator[str]:
+    """The blob digests a commit record lists in `kept` (entries of another shape are skipped)."""
+    for entry in body.get("kept", ()):
+        with contextlib.suppress(TypeError, IndexError):
+            yield str(entry[2])
 
 
 class Blobs:

@@ -5,7 +5,6 @@ Neither trusts the state of an open store: both read the files.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 from . import journal as jn
 from . import replay
 from . import snapshot as snap
-from .blobs import Blobs, blob_digest
+from .blobs import Blobs, blob_digest, kept_digests
 from .errors import JournalCorrupt, StoreError
 from .fsio import Disk
 from .locking import WriterLock
@@ -123,9 +122,8 @@ def verify(root: str, disk: Disk, progress: Callable[[int, int], None] | None = 
             for rec in _one_segment(cursor, number):
                 replay.apply_record(state, rec)
                 report.records += 1
-                for entry in rec.body.get("kept", ()):
-                    with contextlib.suppress(TypeError, IndexError):
-                        kept[str(entry[2])] = rec.seq
+                for digest in kept_digests(rec.body):
+                    kept[digest] = rec.seq
                 check_snapshot()
             if cursor.tail is not None:
                 report.problems.append(

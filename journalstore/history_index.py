@@ -26,6 +26,7 @@ import xxhash
 
 from . import events as ev
 from . import journal as jn
+from .blobs import kept_digests
 from .fsio import Disk
 
 if TYPE_CHECKING:
@@ -131,9 +132,8 @@ class HistoryIndex:
             if given:
                 for name in given:
                     names[name] = event.get("id")
-        for entry in body.get("kept", ()):
-            with contextlib.suppress(TypeError, IndexError):
-                self.blobs[str(entry[2])] = seq
+        for digest in kept_digests(body):
+            self.blobs[digest] = seq
         if "chain" not in body:  # format 1: no links, so chains restart after it
             if self.last:
                 self.last.clear()

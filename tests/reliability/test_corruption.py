@@ -221,41 +221,17 @@ def _with_probe(state: dict[str, Any], probe_state: dict[str, Any]) -> bool:
 
 
 def open_read_only(path: Path) -> Opened:
-    out = Opened()
-    before = tree_stat(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with alarm(TRIAL_TIMEOUT), ImageStore(path, read_only=True) as ro:
-                out.state = snapshot_of_store(ro)
-                for image in ro.images():  # every big-data item readable, no other exception
-                    for key in image.big_data_names:
-                        with contextlib.suppress(KeyError):
-                            ro.big_data(image.id, key)
-        except Exception as exc:
-            out.error = exc
-    out.warnings = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
-    out.files_changed = tree_stat(path) != before
-    return out
+    """Open read-only: the state, and every big-data item read (no other exception allowed)."""
+    return open_checked(path, True, _no_check, Findings())
 
 
 def open_read_write(path: Path) -> Opened:
-    out = Opened()
-    before = tree_stat(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with alarm(TRIAL_TIMEOUT):
-                with ImageStore(path, fsync="never", compact_every=None) as rw:
-                    out.state = snapshot_of_store(rw)
-                    rw.create(PROBE, ["probe/after:damage"], created=T0 - 1)
-                with ImageStore(path, read_only=True) as again:
-                    out.after_write = snapshot_of_store(again)
-        except Exception as exc:
-            out.error = exc
-    out.warnings = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
-    out.files_changed = tree_stat(path) != before
-    return out
+    """Open read-write: the state, then a write and a read-only reopen (the state after it)."""
+    return open_checked(path, False, _no_check, Findings())
+
+
+def _no_check(_store: ImageStore, _what: str, _found: Findings) -> None:
+    return None
 
 
 # ---------------------------------------------------------------------- expectations
@@ -727,8 +703,8 @@ CheckStore = Callable[[ImageStore, str, Findings], None]
 
 
 def open_checked(path: Path, read_only: bool, check: CheckStore, found: Findings) -> Opened:
-    """`open_read_only` / `open_read_write`, running `check` with each store opened (read-write:
-    before the write, and with the read-only reopen after it)."""
+    """Open a copy read-only (state, every big-data item read) or read-write (state, a write, a
+    read-only reopen), running `check` with each store opened, and note what the opens did."""
     out = Opened()
     before = tree_stat(path)
     with warnings.catch_warnings(record=True) as caught:
