@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import FrozenInstanceError, dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from . import events as ev
 from . import history_index as hx
@@ -64,6 +64,13 @@ class Actor:
         return f"{self.name or '-'}(pid={self.pid},uid={self.uid})"
 
 
+class _Given(NamedTuple):
+    """The time and actor of an event built from its fields rather than from a record."""
+
+    time: datetime
+    actor: Actor
+
+
 _FIELDS = ("seq", "time", "time_ns", "actor", "kind", "image_id", "data", "segment", "offset")
 
 
@@ -79,8 +86,9 @@ class Event(tuple[Any, ...]):
     __slots__ = ()
     __match_args__ = ("seq", "time", "time_ns", "actor", "kind", "image_id", "data", "segment", "offset")
 
-    # Layout: (seq, time_ns, kind, image_id, data, segment, offset, who), where `who` is either
-    # the record's body (time and actor derived from it) or a (time, actor) pair.
+    # Layout: (seq, time_ns, kind, image_id, data, segment, offset, who), where `who` is the
+    # record's body, as a map or in positional form (time and actor derived from it), or a
+    # `_Given` (time, actor) pair.
     if TYPE_CHECKING:
         seq: int
         time_ns: int
@@ -110,20 +118,22 @@ class Event(tuple[Any, ...]):
         segment: int = 0,
         offset: int = 0,
     ) -> Event:
-        return _new_tuple(cls, (seq, time_ns, kind, image_id, data, segment, offset, (time, actor)))
+        return _new_tuple(cls, (seq, time_ns, kind, image_id, data, segment, offset, _Given(time, actor)))
 
     @property
     def time(self) -> datetime:
         who = self[7]
-        if type(who) is tuple:
-            return who[0]  # type: ignore[no-any-return]
+        if type(who) is _Given:
+            return who.time
         return utc_time(self[1])
 
     @property
     def actor(self) -> Actor:
         who = self[7]
-        if type(who) is tuple:
-            return who[1]  # type: ignore[no-any-return]
+        if type(who) is _Given:
+            return who.actor
+        if type(who) is tuple:  # positional: seq, time, pid, uid, actor, ...
+            return Actor(int(who[2]), int(who[3]), str(who[4]))
         return Actor(int(who.get("pid", 0)), int(who.get("uid", 0)), str(who.get("actor", "")))
 
     def _values(self) -> tuple[Any, ...]:
@@ -303,12 +313,13 @@ class Journal:
         new = _new_tuple
         cursor = jn.Cursor(self.disk, self.dir, self.start_segment(since_seq), writable=False)
         try:
-            for batch in cursor.poll_batches():
+            batches: Iterator[list[Any]] = cursor.poll_raw_batches()
+            for batch in batches:  # only commits, each body the positional tuple
                 yield [
-                    new(Event, (int(body.get("seq", 0)), int(body.get("time", 0)), str(event.get("op")),
-                                event.get("id"), event, segment, offset, body))
+                    new(Event, (int(body[0]), int(body[1]), str(event.get("op")), event.get("id"), event, segment,
+                                offset, body))
                     for segment, offset, _end, body in batch
-                    for event in body.get("events", ())
+                    for event in body[5]
                 ]
         finally:
             cursor.close()

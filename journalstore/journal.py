@@ -9,6 +9,7 @@ it) from damage with valid records after it (`JournalCorrupt`, never cut silentl
 from __future__ import annotations
 
 import gc
+import operator
 import os
 import struct
 from collections.abc import Iterator
@@ -22,8 +23,9 @@ from .errors import JournalCorrupt
 from .fsio import Disk
 
 SEGMENT_MAGIC = b"JSTORSEG"
-FORMAT_VERSION = 2  # 2: commit records carry history links (docs/journal-format.md)
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: commit records carry history links; 3: commits in positional form (docs/journal-format.md)
+READABLE_VERSIONS = (1, 2, 3)
+POSITIONAL_VERSION = 3  # segments of this version or later may hold commits as arrays
 SEGMENT_HEADER = struct.Struct("<8sHHIQ")  # magic, version, flags, meta length, meta xxh3-64
 FRAME_MAGIC = b"\xabJR\x01"
 FRAME_HEADER = struct.Struct("<4sIQ")  # magic, payload length, payload xxh3-64
@@ -60,6 +62,14 @@ class Position(NamedTuple):
     offset: int
 
 
+# A format-3 commit payload is an array of these values, then a map of any other keys (or nil):
+# the map form of the same record with "type" "commit" (docs/journal-format.md, "Positional commits").
+POSITIONAL_FIELDS = ("seq", "time", "pid", "uid", "actor", "events", "chain", "prev")
+POSITIONAL_SIZE = len(POSITIONAL_FIELDS) + 1
+_NOT_MORE = frozenset(("type", *POSITIONAL_FIELDS))
+_fixed_fields = operator.itemgetter(*POSITIONAL_FIELDS[:-1])
+
+
 class Record(NamedTuple):
     """One decoded record and where it lies."""
 
@@ -77,13 +87,39 @@ class Record(NamedTuple):
         return int(self.body.get("seq", 0))
 
 
+class RawRecord(NamedTuple):
+    """A record as `Cursor.poll_raw_batches` hands it out: a commit's body is the positional
+    tuple (`POSITIONAL_FIELDS` then the map of other keys), whatever form it was written in;
+    a prepare or end record's body is its map."""
+
+    segment: int
+    offset: int
+    end: int
+    body: tuple[Any, ...] | dict[str, Any]
+
+
 def encode_frame(payload: bytes) -> bytes:
     """Frame a payload: magic, length, checksum, payload."""
     return _pack_frame(FRAME_MAGIC, len(payload), _checksum(payload)) + payload
 
 
-def pack(body: dict[str, Any]) -> bytes:
-    """msgpack a record body (frozen mappings in flag values are packed as maps)."""
+def pack(body: dict[str, Any], *, positional: bool = False) -> bytes:
+    """msgpack a record body (frozen mappings in flag values are packed as maps).
+
+    With `positional` (the segment is format 3 or later), a commit that has every positional
+    field but `prev` is packed as the array form, which reads back several times faster."""
+    if positional and body.get("type") == COMMIT and type(body.get("chain")) is int:
+        try:
+            fixed = _fixed_fields(body)
+        except KeyError:
+            pass
+        else:
+            prev = body.get("prev")
+            if len(body) == (8 if prev is None else 9):  # type, the fixed fields, prev: nothing more
+                more = None
+            else:
+                more = {key: value for key, value in body.items() if key not in _NOT_MORE} or None
+            return msgpack.packb((*fixed, prev, more), use_bin_type=True, default=_default)
     return msgpack.packb(body, use_bin_type=True, default=_default)
 
 
@@ -96,10 +132,39 @@ def _default(value: Any) -> Any:
 
 
 def unpack(payload: bytes | memoryview) -> dict[str, Any]:
+    """The body of one record payload, in map form whichever form it was written in."""
     body = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=True)
+    if type(body) is tuple:
+        body = expand(body)
     if not isinstance(body, dict):
-        raise ValueError("record payload is not a map")
+        raise ValueError("record payload is neither a map nor a positional commit")
     return body
+
+
+def expand(value: tuple[Any, ...]) -> dict[str, Any] | None:
+    """The map form of a positional commit, or None if `value` is not one."""
+    if len(value) != POSITIONAL_SIZE:
+        return None
+    seq, time, pid, uid, actor, events, chain, prev, more = value
+    body = {"type": COMMIT, "seq": seq, "time": time, "pid": pid, "uid": uid, "actor": actor, "events": events}
+    if chain is not None:
+        body["chain"] = chain
+    if prev is not None:
+        body["prev"] = prev
+    if more is not None:
+        if type(more) is not dict or not _NOT_MORE.isdisjoint(more):
+            return None  # the map of other keys may not restate a positional one
+        body.update(more)
+    return body
+
+
+def positional(body: dict[str, Any]) -> tuple[Any, ...]:
+    """The positional tuple of a commit in map form (the defaults are a missing key's meaning)."""
+    more = {key: value for key, value in body.items() if key not in _NOT_MORE}
+    return (
+        body.get("seq", 0), body.get("time", 0), body.get("pid", 0), body.get("uid", 0), body.get("actor", ""),
+        body.get("events", ()), body.get("chain"), body.get("prev"), more or None,
+    )  # fmt: skip
 
 
 def encode_segment_header(meta: dict[str, Any]) -> bytes:
@@ -109,6 +174,12 @@ def encode_segment_header(meta: dict[str, Any]) -> bytes:
 
 def decode_segment_header(data: bytes, segment: int) -> tuple[dict[str, Any], int]:
     """(meta, offset of the first frame) of a segment file's leading bytes."""
+    meta, end, _version = decode_segment_header_version(data, segment)
+    return meta, end
+
+
+def decode_segment_header_version(data: bytes, segment: int) -> tuple[dict[str, Any], int, int]:
+    """(meta, offset of the first frame, format version) of a segment file's leading bytes."""
     if len(data) < SEGMENT_HEADER.size:
         raise JournalCorrupt(f"segment {segment}: header is cut short", segment=segment, offset=0)
     magic, version, _flags, size, digest = SEGMENT_HEADER.unpack_from(data)
@@ -139,16 +210,21 @@ def decode_segment_header(data: bytes, segment: int) -> tuple[dict[str, Any], in
     base_seq = meta.get("base_seq", 0)
     if type(base_seq) is not int or base_seq < 0 or not isinstance(meta.get("snapshot"), dict | None):
         raise JournalCorrupt(f"segment {segment}: header metadata is malformed", segment=segment, offset=0)
-    return meta, end
+    return meta, end, int(version)
 
 
 def read_segment_header(disk: Disk, fd: int, segment: int) -> tuple[dict[str, Any], int]:
+    meta, end, _version = read_segment_header_version(disk, fd, segment)
+    return meta, end
+
+
+def read_segment_header_version(disk: Disk, fd: int, segment: int) -> tuple[dict[str, Any], int, int]:
     head = disk.pread(fd, SEGMENT_HEADER.size, 0)
     if len(head) == SEGMENT_HEADER.size:
         size = SEGMENT_HEADER.unpack_from(head)[3]
         if size <= MAX_SEGMENT_META:
             head += disk.pread(fd, size, SEGMENT_HEADER.size)
-    return decode_segment_header(head, segment)
+    return decode_segment_header_version(head, segment)
 
 
 def valid_frame_at(data: bytes | memoryview, pos: int) -> int:
@@ -217,20 +293,21 @@ def scan(data: bytes, base: int, segment: int = 0) -> tuple[list[Record], int, D
     view = memoryview(data)
     pos = 0
     while True:
-        batch, pos, damage = scan_batch(data, view, pos, base, segment, len(data))
+        batch, pos, damage, _plain = scan_batch(data, view, pos, base, segment, len(data))
         records += batch
         if damage is not None or pos >= len(data) or not batch:
             return records, base + pos, damage
 
 
 def scan_batch(
-    data: bytes, view: memoryview, pos: int, base: int, segment: int, count: int
-) -> tuple[list[Record], int, Damage | None]:
+    data: bytes, view: memoryview, pos: int, base: int, segment: int, count: int, *, raw: bool = False
+) -> tuple[list[Record], int, Damage | None, bool]:
     """Up to `count` whole frames of `data` from index `pos` (file offset `base` + `pos`).
 
-    Returns (records, index after the last whole frame, damage or None). Checksums are checked
-    frame by frame; the payloads are then decoded by one unpacker, each one checked to be
-    exactly one map, and decoded one by one (to find the bad one) if any is not.
+    Returns (records, index after the last whole frame, damage or None, whether every record
+    is a commit). Checksums are checked frame by frame; the payloads are then decoded by one
+    unpacker, each one checked to be exactly one map or positional commit, and decoded one by
+    one (to find the bad one) if any is not. Bodies are maps, or with `raw` as `RawRecord` has them.
     """
     starts: list[int] = []
     parts: list[memoryview] = []
@@ -260,15 +337,19 @@ def scan_batch(
         parts.append(payload)
         pos = end
     if not starts:
-        return [], pos, damage
-    records = _decode_together(starts, parts, base, segment)
-    if records is None:
-        return _decode_each(data, view, first, pos, base, segment, damage)
-    return records, pos, damage
+        return [], pos, damage, True
+    decoded = _decode_together(starts, parts, base, segment, raw)
+    if decoded is None:
+        records, pos, damage = _decode_each(data, view, first, pos, base, segment, damage, raw)
+        return records, pos, damage, False
+    return decoded[0], pos, damage, decoded[1]
 
 
-def _decode_together(starts: list[int], parts: list[memoryview], base: int, segment: int) -> list[Record] | None:
-    """The records of checksum-valid frames, or None if a payload is not exactly one msgpack map."""
+def _decode_together(
+    starts: list[int], parts: list[memoryview], base: int, segment: int, raw: bool
+) -> tuple[list[Record], bool] | None:
+    """(records, all commits) of checksum-valid frames, or None if a payload is not exactly one
+    msgpack map or positional commit."""
     joined = b"".join(parts)
     unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True, max_buffer_size=max(len(joined), 1))
     unpacker.feed(joined)
@@ -278,34 +359,62 @@ def _decode_together(starts: list[int], parts: list[memoryview], base: int, segm
     if collecting:
         gc.disable()
     try:
-        return _decoded(unpacker, starts, parts, base, segment)
+        return _decoded(unpacker, starts, parts, base, segment, raw)
     finally:
         if collecting:
             gc.enable()
 
 
 def _decoded(
-    unpacker: msgpack.Unpacker, starts: list[int], parts: list[memoryview], base: int, segment: int
-) -> list[Record] | None:
+    unpacker: msgpack.Unpacker, starts: list[int], parts: list[memoryview], base: int, segment: int, raw: bool
+) -> tuple[list[Record], bool] | None:
     records: list[Record] = []
     append = records.append
     tell = unpacker.tell
     new = _new_record
     used = 0
+    commits = True
     try:
-        for start, payload, body in zip(starts, parts, unpacker, strict=False):
+        for start, payload, value in zip(starts, parts, unpacker, strict=False):
             size = len(payload)
             used += size
-            if tell() != used or type(body) is not dict:
-                return None  # each payload must be exactly one map
+            if tell() != used:
+                return None  # each payload must be exactly one object
+            body = value
+            if type(value) is tuple:
+                if len(value) != POSITIONAL_SIZE:
+                    return None
+                if raw:
+                    more = value[8]
+                    if more is not None and (type(more) is not dict or not _NOT_MORE.isdisjoint(more)):
+                        return None  # as expand() would refuse it
+                else:
+                    body = expand(value)
+                    if body is None:
+                        return None
+            elif type(value) is dict:
+                kind = value.get("type", COMMIT)
+                if kind in (PREPARE, END):
+                    commits = False
+                elif raw:
+                    body = positional(value)
+            else:
+                return None
             append(new(Record, (segment, base + start, base + start + FRAME_OVERHEAD + size, body)))
     except Exception:  # any decoding failure: find the bad frame one by one
         return None
-    return records if len(records) == len(starts) else None
+    return (records, commits) if len(records) == len(starts) else None
 
 
 def _decode_each(
-    data: bytes, view: memoryview, pos: int, stop: int, base: int, segment: int, damage: Damage | None
+    data: bytes,
+    view: memoryview,
+    pos: int,
+    stop: int,
+    base: int,
+    segment: int,
+    damage: Damage | None,
+    raw: bool = False,
 ) -> tuple[list[Record], int, Damage | None]:
     """Decode the (checksum-valid) frames from `pos` to `stop` one by one, stopping at a bad one."""
     records: list[Record] = []
@@ -316,6 +425,8 @@ def _decode_each(
             body = unpack(view[pos + FRAME_OVERHEAD : end])
         except Exception as exc:  # any decoding failure is damage
             return records, pos, Damage(base + pos, f"undecodable payload ({exc.__class__.__name__})", 0)
+        if raw and body.get("type", COMMIT) not in (PREPARE, END):
+            body = positional(body)  # type: ignore[assignment]  # RawRecord's commit form
         records.append(Record(segment, base + pos, base + end, body))
         pos = end
     return records, pos, damage
@@ -351,6 +462,8 @@ class Cursor:
         self.tail: Tail | None = None
         self.dangling_prepare: Record | None = None
         self.end_record: Record | None = None  # the segment's end marker, once read
+        self.version = FORMAT_VERSION  # of the segment open: what pack() may write into it
+        self._raw = False  # hand out commits in positional form (poll_raw_batches)
         self._open(segment)
 
     # ------------------------------------------------------------------ files
@@ -362,7 +475,7 @@ class Cursor:
         flags = os.O_RDWR | os.O_APPEND if self.writable else os.O_RDONLY
         fd = self.disk.open(self.path(segment), flags)
         try:
-            header, offset = read_segment_header(self.disk, fd, segment)
+            header, offset, version = read_segment_header_version(self.disk, fd, segment)
         except BaseException:
             self.disk.close(fd)
             raise
@@ -370,6 +483,7 @@ class Cursor:
             self.disk.close(self.fd)
         self.fd = fd
         self.header = header
+        self.version = version
         self.start = offset  # the first frame of this segment
         self.offset = offset
         self.skip_through = 0
@@ -401,6 +515,11 @@ class Cursor:
     def position(self) -> Position:
         return Position(self.segment, self.offset)
 
+    def pack(self, body: dict[str, Any]) -> bytes:
+        """A record body encoded for the segment this cursor appends to: a commit goes in
+        positional form only into a segment whose header says format 3 or later."""
+        return pack(body, positional=self.version >= POSITIONAL_VERSION)
+
     # ------------------------------------------------------------------ reading
 
     def changed(self) -> bool:
@@ -427,6 +546,15 @@ class Cursor:
                 self.offset = rec.end
                 yield rec
             self.offset = after
+
+    def poll_raw_batches(self) -> Iterator[list[RawRecord]]:
+        """`poll_batches()` with each commit's body as the positional tuple `RawRecord` describes
+        (for a reader of every record, which then builds no map per record)."""
+        self._raw = True
+        try:
+            yield from self.poll_batches()  # type: ignore[misc]  # the same tuples, with RawRecord's bodies
+        finally:
+            self._raw = False
 
     def poll_batches(self) -> Iterator[list[Record]]:
         """`poll()` a batch of records at a time: `offset` is the end of the batch meanwhile
@@ -494,6 +622,7 @@ class Cursor:
         pending: Record | None = None
         pos = self.offset
         want = READ_CHUNK
+        raw = self._raw
         while pos < size:
             data = self.disk.pread(self.fd, min(size - pos, want), pos)
             if not data:
@@ -503,20 +632,19 @@ class Cursor:
             at = 0
             damage: Damage | None = None
             while at < len(data):
-                records, at, damage = scan_batch(data, view, at, pos, self.segment, SCAN_BATCH)
+                records, at, damage, commits = scan_batch(data, view, at, pos, self.segment, SCAN_BATCH, raw=raw)
                 skip = self.skip_through
-                if records and not skip:
-                    kinds = [body.get("type", COMMIT) for _s, _o, _e, body in records]
-                    if PREPARE not in kinds and END not in kinds:  # the usual batch: commits only
-                        pending = None
-                        self.offset = records[-1].end
-                        yield records
-                        if damage is not None:
-                            break
-                        continue
+                if records and not skip and commits:  # the usual batch
+                    pending = None
+                    self.offset = records[-1].end
+                    yield records
+                    if damage is not None:
+                        break
+                    continue
                 out: list[Record] = []
                 for rec in records:
-                    kind = rec.body.get("type", COMMIT)
+                    body: Any = rec.body  # a map, or with poll_raw_batches a commit's tuple
+                    kind = COMMIT if type(body) is tuple else body.get("type", COMMIT)
                     if kind == PREPARE:
                         pending = rec
                     elif kind == END:
@@ -524,8 +652,7 @@ class Cursor:
                             yield out
                         if pending is not None or rec.end < size:
                             raise JournalCorrupt(
-                                f"segment {self.segment}: end marker at offset {rec.offset} "
-                                "is not the last record",
+                                f"segment {self.segment}: end marker at offset {rec.offset} is not the last record",
                                 segment=self.segment,
                                 offset=rec.offset,
                             )
@@ -536,7 +663,7 @@ class Cursor:
                     else:
                         pending = None
                         self.offset = rec.end
-                        if skip and int(rec.body.get("seq", 0)) <= skip:
+                        if skip and int(body[0] if type(body) is tuple else body.get("seq", 0)) <= skip:
                             continue  # a copy of a record applied from the previous segment
                         out.append(rec)
                 if out:

@@ -105,7 +105,7 @@ def initialize(live: Live) -> None:
         try:
             body = live.record_body(1, [import_event])
             body["chain"] = 1  # the first record: nothing before it to link to
-            cursor.append(jn.encode_frame(jn.pack(body)), sync=live.sync)
+            cursor.append(jn.encode_frame(cursor.pack(body)), sync=live.sync)
         finally:
             cursor.close()
         if import_event["dropped_names"]:

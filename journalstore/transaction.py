@@ -269,7 +269,7 @@ class Transactions:
         body = live.record_body(seq, txn.events, writer)
         fields, images = history_links.record_fields(live, txn, seq)
         body.update(fields)
-        payload = jn.pack(body)
+        payload = cursor.pack(body)
         if len(payload) > jn.MAX_FRAME:
             raise RecordTooLarge(
                 f"this change would make a journal record of {len(payload)} bytes "
