@@ -199,6 +199,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _seq_time_events(body: Any) -> tuple[Any, Any, Any]:
+    """(seq, time, events) of a commit's body, a map or a positional tuple."""
+    if type(body) is tuple:
+        return body[0], body[1], body[5]
+    return body.get("seq", 0), body.get("time", 0), body.get("events", ())
+
+
 def utc_time(ns: int) -> datetime:
     """An aware UTC datetime from nanoseconds since the epoch (microsecond precision)."""
     return datetime.fromtimestamp(ns // _NS, UTC).replace(microsecond=(ns % _NS) // 1000)
@@ -314,13 +321,22 @@ class Journal:
         cursor = jn.Cursor(self.disk, self.dir, self.start_segment(since_seq), writable=False)
         try:
             batches: Iterator[list[Any]] = cursor.poll_raw_batches()
-            for batch in batches:  # only commits, each body the positional tuple
-                yield [
-                    new(Event, (int(body[0]), int(body[1]), str(event.get("op")), event.get("id"), event, segment,
-                                offset, body))
-                    for segment, offset, _end, body in batch
-                    for event in body[5]
-                ]
+            for batch in batches:  # only commits: positional tuples, or maps
+                try:  # the positional form, at full speed
+                    yield [
+                        new(Event, (int(body[0]), int(body[1]), str(event.get("op")), event.get("id"), event,
+                                    segment, offset, body))
+                        for segment, offset, _end, body in batch
+                        for event in body[5]
+                    ]  # fmt: skip
+                except KeyError:  # a map (its keys are strings: body[0] cannot be one): either form
+                    yield [
+                        new(Event, (int(seq), int(ns), str(event.get("op")), event.get("id"), event, segment,
+                                    offset, body))
+                        for segment, offset, _end, body in batch
+                        for seq, ns, events in (_seq_time_events(body),)
+                        for event in events
+                    ]  # fmt: skip
         finally:
             cursor.close()
 

@@ -88,9 +88,9 @@ class Record(NamedTuple):
 
 
 class RawRecord(NamedTuple):
-    """A record as `Cursor.poll_raw_batches` hands it out: a commit's body is the positional
-    tuple (`POSITIONAL_FIELDS` then the map of other keys), whatever form it was written in;
-    a prepare or end record's body is its map."""
+    """A record as `Cursor.poll_raw_batches` hands it out: a commit written in positional form
+    has that tuple as its body (`POSITIONAL_FIELDS`, then the map of other keys or None); any
+    other record has its map."""
 
     segment: int
     offset: int
@@ -133,12 +133,17 @@ def _default(value: Any) -> Any:
 
 def unpack(payload: bytes | memoryview) -> dict[str, Any]:
     """The body of one record payload, in map form whichever form it was written in."""
-    body = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=True)
-    if type(body) is tuple:
-        body = expand(body)
+    return _unpack_both(payload)[1]
+
+
+def _unpack_both(payload: bytes | memoryview) -> tuple[Any, dict[str, Any]]:
+    """(the decoded value, the body in map form) of one record payload; ValueError if it is
+    neither a map nor a positional commit."""
+    value = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=True)
+    body = expand(value) if type(value) is tuple else value
     if not isinstance(body, dict):
         raise ValueError("record payload is neither a map nor a positional commit")
-    return body
+    return value, body
 
 
 def expand(value: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -156,15 +161,6 @@ def expand(value: tuple[Any, ...]) -> dict[str, Any] | None:
             return None  # the map of other keys may not restate a positional one
         body.update(more)
     return body
-
-
-def positional(body: dict[str, Any]) -> tuple[Any, ...]:
-    """The positional tuple of a commit in map form (the defaults are a missing key's meaning)."""
-    more = {key: value for key, value in body.items() if key not in _NOT_MORE}
-    return (
-        body.get("seq", 0), body.get("time", 0), body.get("pid", 0), body.get("uid", 0), body.get("actor", ""),
-        body.get("events", ()), body.get("chain"), body.get("prev"), more or None,
-    )  # fmt: skip
 
 
 def encode_segment_header(meta: dict[str, Any]) -> bytes:
@@ -393,11 +389,8 @@ def _decoded(
                     if body is None:
                         return None
             elif type(value) is dict:
-                kind = value.get("type", COMMIT)
-                if kind in (PREPARE, END):
+                if value.get("type", COMMIT) in (PREPARE, END):
                     commits = False
-                elif raw:
-                    body = positional(value)
             else:
                 return None
             append(new(Record, (segment, base + start, base + start + FRAME_OVERHEAD + size, body)))
@@ -422,12 +415,11 @@ def _decode_each(
         size = _unpack_frame(data, pos)[1]
         end = pos + FRAME_OVERHEAD + size
         try:
-            body = unpack(view[pos + FRAME_OVERHEAD : end])
+            value, body = _unpack_both(view[pos + FRAME_OVERHEAD : end])
         except Exception as exc:  # any decoding failure is damage
             return records, pos, Damage(base + pos, f"undecodable payload ({exc.__class__.__name__})", 0)
-        if raw and body.get("type", COMMIT) not in (PREPARE, END):
-            body = positional(body)  # type: ignore[assignment]  # RawRecord's commit form
-        records.append(Record(segment, base + pos, base + end, body))
+        kept: Any = value if raw and type(value) is tuple else body  # RawRecord's form, or the map
+        records.append(Record(segment, base + pos, base + end, kept))
         pos = end
     return records, pos, damage
 
@@ -463,7 +455,7 @@ class Cursor:
         self.dangling_prepare: Record | None = None
         self.end_record: Record | None = None  # the segment's end marker, once read
         self.version = FORMAT_VERSION  # of the segment open: what pack() may write into it
-        self._raw = False  # hand out commits in positional form (poll_raw_batches)
+        self._raw = False  # leave positional commits as tuples (poll_raw_batches)
         self._open(segment)
 
     # ------------------------------------------------------------------ files
@@ -548,8 +540,8 @@ class Cursor:
             self.offset = after
 
     def poll_raw_batches(self) -> Iterator[list[RawRecord]]:
-        """`poll_batches()` with each commit's body as the positional tuple `RawRecord` describes
-        (for a reader of every record, which then builds no map per record)."""
+        """`poll_batches()` with a commit written in positional form left as its tuple, as
+        `RawRecord` describes (for a reader of every record: it builds no map per record)."""
         self._raw = True
         try:
             yield from self.poll_batches()  # type: ignore[misc]  # the same tuples, with RawRecord's bodies

@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from journalstore import ImageStore, JournalCorrupt
+from journalstore import ImageStore, JournalCorrupt, StoreWarning
 from journalstore import journal as jn
 from journalstore.audit import Journal
 from journalstore.fsio import DEFAULT_DISK
@@ -205,6 +205,15 @@ def test_the_positional_reader_steps_over_copied_records_like_the_map_reader(
         assert history_problems(r, limit=100) == []
         report = r.verify()
         assert report.ok, report.problems
+    # With segment 1 pruned, history starts at segment 2: its copies are its first records, read
+    # in the same batch as the arrays after them.
+    with ImageStore(root, fsync="never") as s:
+        s.prune_journal(keep_segments=0)
+    assert not (journal / jn.segment_name(1)).exists()
+    with ImageStore(root, read_only=True) as r, pytest.warns(StoreWarning):
+        events = every_event(r)
+    assert flatten(events) == events_from_maps(root)
+    assert [e[0] for e in events] == sorted(copies) + list(range(max(copies) + 1, r.seq + 1))
 
 
 def _frames_of(path: Path) -> tuple[bytes, int]:
