@@ -125,16 +125,22 @@ class Event(tuple[Any, ...]):
         who = self[7]
         if type(who) is _Given:
             return who.time
-        return utc_time(self[1])
+        try:
+            return utc_time(self[1])
+        except (*_MALFORMED, OSError):
+            raise _malformed(self[5], self[6], f"time {self[1]} is out of range") from None
 
     @property
     def actor(self) -> Actor:
         who = self[7]
         if type(who) is _Given:
             return who.actor
-        if type(who) is tuple:  # positional: seq, time, pid, uid, actor, ...
-            return Actor(int(who[2]), int(who[3]), str(who[4]))
-        return Actor(int(who.get("pid", 0)), int(who.get("uid", 0)), str(who.get("actor", "")))
+        try:
+            if type(who) is tuple:  # positional: seq, time, pid, uid, actor, ...
+                return Actor(int(who[2]), int(who[3]), str(who[4]))
+            return Actor(int(who.get("pid", 0)), int(who.get("uid", 0)), str(who.get("actor", "")))
+        except _MALFORMED:
+            raise _malformed(self[5], self[6], "its pid or uid is not a number") from None
 
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in _FIELDS)
@@ -323,20 +329,24 @@ class Journal:
             batches: Iterator[list[Any]] = cursor.poll_raw_batches()
             for batch in batches:  # only commits: positional tuples, or maps
                 try:  # the positional form, at full speed
-                    yield [
+                    events = [
                         new(Event, (int(body[0]), int(body[1]), str(event.get("op")), event.get("id"), event,
                                     segment, offset, body))
                         for segment, offset, _end, body in batch
                         for event in body[5]
                     ]  # fmt: skip
-                except KeyError:  # a map (its keys are strings: body[0] cannot be one): either form
-                    yield [
-                        new(Event, (int(seq), int(ns), str(event.get("op")), event.get("id"), event, segment,
-                                    offset, body))
-                        for segment, offset, _end, body in batch
-                        for seq, ns, events in (_seq_time_events(body),)
-                        for event in events
-                    ]  # fmt: skip
+                except (KeyError, *_MALFORMED):  # a map (body[5] of a map is a KeyError), or damage
+                    try:
+                        events = [
+                            new(Event, (int(seq), int(ns), str(event.get("op")), event.get("id"), event, segment,
+                                        offset, body))
+                            for segment, offset, _end, body in batch
+                            for seq, ns, body_events in (_seq_time_events(body),)
+                            for event in body_events
+                        ]  # fmt: skip
+                    except _MALFORMED:
+                        events = [event for rec in batch for event in _events_of(rec)]  # names the bad record
+                yield events
         finally:
             cursor.close()
 
@@ -546,13 +556,27 @@ def _marks(event: Mapping[str, Any], image_id: str, image: Image | None) -> bool
     return False
 
 
-def _events_of(rec: jn.Record) -> Iterator[Event]:
+_MALFORMED = (TypeError, ValueError, AttributeError, OverflowError)  # a field of the wrong type
+
+
+def _events_of(rec: jn.Record | jn.RawRecord) -> list[Event]:
+    """The events of one commit (map or positional body); JournalCorrupt if its fields are not
+    what the format says (a record that no replay checked: one in a segment before the snapshot)."""
     segment, offset, _end, body = rec
-    seq = int(body.get("seq", 0))
-    ns = int(body.get("time", 0))
     new = _new_tuple
-    for event in body.get("events", ()):
-        yield new(Event, (seq, ns, str(event.get("op")), event.get("id"), event, segment, offset, body))
+    try:
+        seq, ns, events = _seq_time_events(body)
+        seq, ns = int(seq), int(ns)
+        return [new(Event, (seq, ns, str(event.get("op")), event.get("id"), event, segment, offset, body))
+                for event in events]  # fmt: skip
+    except _MALFORMED as exc:
+        raise _malformed(segment, offset, f"{exc.__class__.__name__}: {exc}") from None
+
+
+def _malformed(segment: int, offset: int, why: str) -> JournalCorrupt:
+    return JournalCorrupt(
+        f"segment {segment}: record at offset {offset} is malformed ({why})", segment=segment, offset=offset
+    )
 
 
 # ---------------------------------------------------------------------- views of the past

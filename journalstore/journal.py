@@ -289,7 +289,7 @@ def scan(data: bytes, base: int, segment: int = 0) -> tuple[list[Record], int, D
     view = memoryview(data)
     pos = 0
     while True:
-        batch, pos, damage, _plain = scan_batch(data, view, pos, base, segment, len(data))
+        batch, pos, damage, _commits = scan_batch(data, view, pos, base, segment, len(data))
         records += batch
         if damage is not None or pos >= len(data) or not batch:
             return records, base + pos, damage

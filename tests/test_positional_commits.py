@@ -239,3 +239,53 @@ def test_an_array_payload_that_is_not_a_commit_stops_the_reader(store_dir: Path)
         list(r.history())
     assert info.value.offset == start
     assert os.path.getsize(segment) == len(data) - size + len(bad)
+
+
+def rewrite_first_commit(root: Path, change: Any) -> int:
+    """Replace segment 1's first commit with `change(body)` (a checksum-valid frame); its offset."""
+    segment = root / "journal" / jn.segment_name(1)
+    data = segment.read_bytes()
+    _meta, start = jn.decode_segment_header(data, 1)
+    size = jn.FRAME_HEADER.unpack_from(data, start)[1]
+    body = jn.unpack(data[start + jn.FRAME_OVERHEAD : start + jn.FRAME_OVERHEAD + size])
+    payload = change(body)
+    segment.write_bytes(data[:start] + jn.encode_frame(payload) + data[start + jn.FRAME_OVERHEAD + size :])
+    return start
+
+
+def malformed(field: str, value: Any, positional: bool) -> Any:
+    def change(body: dict[str, Any]) -> bytes:
+        body = dict(body)
+        if field == "event":
+            body["events"] = (value, *body["events"][1:])
+        else:
+            body[field] = value
+        if positional:
+            return msgpack.packb([body["seq"], body["time"], body["pid"], body["uid"], body["actor"],
+                                  body["events"], body["chain"], body.get("prev"), None])  # fmt: skip
+        return msgpack.packb(body)
+
+    return change
+
+
+@pytest.mark.parametrize("positional", [False, True])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("time", "noon"), ("time", 1e30), ("time", float("nan")), ("pid", "me"), ("uid", [1]), ("time", None), ("event", 5), ("event", [1])],
+)
+def test_history_names_a_record_it_cannot_read(store_dir: Path, field: str, value: Any, positional: bool) -> None:
+    """A checksum-valid record with fields of the wrong type, in a segment before the snapshot
+    (which no open replays): history() raises JournalCorrupt at that record, never another error."""
+    with ImageStore(store_dir, fsync="never") as s:
+        s.create(names=["x"])
+        s.create(names=["y"])
+        s.compact()
+        s.create(names=["z"])
+    offset = rewrite_first_commit(store_dir, malformed(field, value, positional))
+    with ImageStore(store_dir, read_only=True) as r:
+        assert len(r) == 3  # the damaged record lies before the snapshot the store opens from
+        with pytest.raises(JournalCorrupt) as info:
+            for event in r.history():
+                assert isinstance(event.time_ns, int)
+                event.time, event.actor  # noqa: B018  # derived on demand: checked as well
+        assert (info.value.segment, info.value.offset) == (1, offset)

@@ -184,6 +184,12 @@ def bodies(draw: Any, seq: int) -> Any:
         body["files"] = draw(st.lists(entry, max_size=3))
     for key in draw(st.lists(st.sampled_from(KEYS), max_size=3)):
         body.setdefault(key, draw(values))
+    if body["type"] == "commit" and draw(st.integers(0, 2)) == 0:  # format 3's array, well formed or not
+        more = draw(st.one_of(st.none(), st.dictionaries(st.sampled_from([*KEYS, "type", "seq"]), values, max_size=2)))
+        fields = [body["seq"], *(draw(values) if draw(st.integers(0, 3)) == 0 else default
+                                 for default in (1_700_000_000_000_000_000, 1, 0, "fuzz")),
+                  body["events"], 1, draw(st.one_of(st.none(), values)), more]  # fmt: skip
+        return fields[: draw(st.integers(0, 10))] if draw(st.integers(0, 5)) == 0 else fields
     return body
 
 
@@ -382,6 +388,8 @@ def test_read_only_store_over_a_fuzzed_journal(tmp_path: Path, data: bytes) -> N
             with ImageStore(root, read_only=True) as store:
                 for image in store.images():
                     image.to_json()
+                for event in store.history():
+                    event.to_json()  # time and actor too
                 store.verify()
         except (JournalCorrupt, SnapshotMismatch):
             pass
