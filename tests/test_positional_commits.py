@@ -271,7 +271,16 @@ def malformed(field: str, value: Any, positional: bool) -> Any:
 @pytest.mark.parametrize("positional", [False, True])
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("time", "noon"), ("time", 1e30), ("time", float("nan")), ("pid", "me"), ("uid", [1]), ("time", None), ("event", 5), ("event", [1])],
+    [
+        ("time", "noon"),
+        ("time", 1e30),
+        ("time", float("nan")),
+        ("time", None),
+        ("pid", "me"),
+        ("uid", [1]),
+        ("event", 5),
+        ("event", [1]),
+    ],
 )
 def test_history_names_a_record_it_cannot_read(store_dir: Path, field: str, value: Any, positional: bool) -> None:
     """A checksum-valid record with fields of the wrong type, in a segment before the snapshot
