@@ -40,11 +40,29 @@ def _hex_ok(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
-def kept_digests(body: Mapping[str, Any]) -> Iterator[str]:
-    """The blob digests a commit record lists in `kept` (entries of another shape are skipped)."""
+def kept_entries(body: Mapping[str, Any]) -> Iterator[tuple[Any, Any, str]]:
+    """(image ID, key, blob digest) of each item a commit record lists in `kept` (entries of
+    another shape are skipped)."""
     for entry in body.get("kept", ()):
-        with contextlib.suppress(TypeError, IndexError):
-            yield str(entry[2])
+        try:
+            item = (entry[0], entry[1], str(entry[2]))
+        except (TypeError, IndexError, KeyError):
+            continue
+        yield item
+
+
+def kept_digests(body: Mapping[str, Any]) -> Iterator[str]:
+    """The blob digests a commit record lists in `kept`."""
+    for _image_id, _key, digest in kept_entries(body):
+        yield digest
+
+
+def kept_digest(body: Mapping[str, Any], image_id: str, key: str) -> str | None:
+    """The digest of the blob a commit record kept for one image's item, if it kept one."""
+    for kept_id, kept_key, digest in kept_entries(body):
+        if kept_id == image_id and kept_key == key:
+            return digest
+    return None
 
 
 class Blobs:

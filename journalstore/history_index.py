@@ -123,12 +123,7 @@ class HistoryIndex:
             op = event.get("op")
             if op not in _NAMING:
                 continue
-            given: Any = None
-            if op in (ev.CREATE, ev.SET_NAMES, ev.ADD_NAMES):
-                given = event.get("names")
-            elif op == ev.PUT_IMAGE:
-                image = event.get("image")
-                given = image.get("names") if isinstance(image, Mapping) else None
+            given: Any = event.get("names") if op == ev.CREATE else given_names(event)
             if given:
                 for name in given:
                     names[name] = event.get("id")

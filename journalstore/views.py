@@ -17,7 +17,7 @@ from . import history_index as hx
 from . import journal as jn
 from . import replay
 from .audit import Journal, utc_time
-from .blobs import Blobs
+from .blobs import Blobs, kept_digest
 from .errors import BigDataNotKept, BigDataUnknown, EventError, SizeUnknown, StoreIsReadOnly
 from .reads import StateReads
 from .record import Image
@@ -255,12 +255,11 @@ class PastBytes:
         if data is not None and (size is None or len(data) == size):
             return data
         replacer = self._replacer(image.id, key, seq)
-        if replacer is not None:
-            for entry in replacer.body.get("kept", ()):
-                if entry[0] == image.id and entry[1] == key:
-                    data = self._blobs.read(str(entry[2]))
-                    if data is not None:
-                        return data
+        kept = None if replacer is None else kept_digest(replacer.body, image.id, key)
+        if kept is not None:
+            data = self._blobs.read(kept)
+            if data is not None:
+                return data
         raise BigDataNotKept(self._why(image, key, seq, replacer))
 
     def _replacer(self, image_id: str, key: str, seq: int) -> jn.Record | None:
@@ -305,10 +304,10 @@ class PastBytes:
         since = f"were overwritten or deleted by record {replacer.seq} ({when})"
         if "chain" not in replacer.body:
             return f"{what} {since}, written by a version of journalstore that kept no past bytes"
-        for entry in replacer.body.get("kept", ()):
-            if entry[0] == image.id and entry[1] == key:
-                where = self._blobs.path(str(entry[2])) or str(entry[2])
-                return f"{what} {since}, which kept them as {where}; that blob is missing or damaged (verify names it)"
+        kept = kept_digest(replacer.body, image.id, key)
+        if kept is not None:
+            where = self._blobs.path(kept) or kept
+            return f"{what} {since}, which kept them as {where}; that blob is missing or damaged (verify names it)"
         return f"{what} {since}, which could not keep them (no blob could be linked or copied then)"
 
 
